@@ -1,0 +1,109 @@
+//! The one API error type and its mapping to HTTP. Every error body is
+//! `{"error": "<kind>", "message": "<what is wrong>"}`.
+//!
+//! Adding an error: 1/ add the variant, 2/ give it a status and a kind below,
+//! 3/ return it from the handler. Nothing a client sends may become
+//! `Unexpected` (the opaque 500).
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::domain::InvalidField;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    InvalidJson(String),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("request body exceeds {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("missing or invalid bearer token: send Authorization: Bearer <ADMIN_API_KEY>")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("rate limit exceeded; retry after {0} s")]
+    RateLimited(u64),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Unexpected(#[source] anyhow::Error),
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable, machine-readable kind.
+    pub error: &'static str,
+    /// What is wrong, naming the field where there is one.
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Validation(_) => "validation_error",
+            Self::InvalidJson(_) => "invalid_json",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::PayloadTooLarge(_) => "payload_too_large",
+            Self::Unauthorized => "unauthorized",
+            Self::NotFound(_) => "not_found",
+            Self::Conflict(_) => "conflict",
+            Self::RateLimited(_) => "rate_limited",
+            Self::Unavailable(_) => "service_unavailable",
+            Self::Unexpected(_) => "internal_error",
+        }
+    }
+}
+
+impl From<InvalidField> for ApiError {
+    fn from(e: InvalidField) -> Self {
+        Self::Validation(e.to_string())
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            // The pool could not hand out a connection: the database is down
+            // or saturated; the client may retry.
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Self::Unavailable("the database is unavailable; retry later".into())
+            }
+            e => Self::Unexpected(e.into()),
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Validation(_) | Self::InvalidJson(_) => StatusCode::BAD_REQUEST,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::NotFound(_) => StatusCode::NOT_FOUND,
+            Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unexpected(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        if let Self::Unexpected(e) = self {
+            tracing::error!(error.message = %e, error.cause_chain = ?e, "request failed");
+        }
+        let mut response = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Unauthorized) {
+            response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        response.json(ErrorBody {
+            error: self.kind(),
+            message: self.to_string(),
+        })
+    }
+}

@@ -1,0 +1,99 @@
+//! HTTP intake for producers without SQL access, and the event catalogue.
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::ApiState;
+use super::error::ApiError;
+use super::extract::ApiJson;
+use crate::fanout;
+use crate::intake::{self, IntakeError};
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEvent {
+    /// A catalogue type, e.g. `pool.assets_locked`.
+    pub event: String,
+    /// Idempotency key (1–255 characters); generated (`evt_…`) when absent.
+    pub event_id: Option<String>,
+    /// Defaults to now.
+    pub occurred_at: Option<DateTime<Utc>>,
+    /// Any JSON value; delivered as the body's `data`.
+    #[schema(value_type = Object)]
+    pub data: serde_json::Value,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Published {
+    pub event_id: String,
+    /// Deliveries created by this call (0 for a repeated event_id).
+    pub deliveries: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventType {
+    pub name: String,
+    pub description: String,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct EventTypes {
+    pub data: Vec<EventType>,
+}
+
+#[utoipa::path(post, path = "/api/v1/events", tag = "events", request_body = PublishEvent,
+    responses((status = 202, body = Published), (status = 400, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn publish(
+    state: web::Data<ApiState>,
+    body: ApiJson<PublishEvent>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    if body
+        .event_id
+        .as_deref()
+        .is_some_and(|id| id.is_empty() || id.len() > 255)
+    {
+        return Err(ApiError::Validation(
+            "event_id: must be 1 to 255 characters".into(),
+        ));
+    }
+    // Publish and fan out in one transaction: the same path as the indexer's
+    // SQL, with the count of deliveries known before we answer.
+    let mut tx = state.pool.begin().await?;
+    let event_id = intake::publish(
+        &mut tx,
+        &body.event,
+        &body.data,
+        body.event_id.as_deref(),
+        body.occurred_at,
+    )
+    .await
+    .map_err(|e| match e {
+        IntakeError::UnknownType(_) => ApiError::Validation(format!(
+            "event: unknown event type `{}` (see GET /api/v1/event-types)",
+            body.event
+        )),
+        IntakeError::InvalidEventId => {
+            ApiError::Validation("event_id: must be 1 to 255 characters".into())
+        }
+        IntakeError::Database(e) => e.into(),
+    })?;
+    let deliveries = fanout::dispatch_event(&mut tx, &event_id).await?;
+    tx.commit().await?;
+    Ok(HttpResponse::Accepted().json(Published {
+        event_id,
+        deliveries,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/event-types", tag = "events",
+    responses((status = 200, body = EventTypes)), security(("bearer" = [])))]
+pub async fn event_types(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let data = intake::event_types(&state.pool)
+        .await?
+        .into_iter()
+        .map(|(name, description)| EventType { name, description })
+        .collect();
+    Ok(HttpResponse::Ok().json(EventTypes { data }))
+}

@@ -1,0 +1,36 @@
+//! GET /health: 200 when the database answers, 503 otherwise.
+use std::time::Duration;
+
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use serde::Serialize;
+
+use super::ApiState;
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// `ok` or `unavailable`.
+    pub status: &'static str,
+    pub timestamp: chrono::DateTime<Utc>,
+    pub database: &'static str,
+}
+
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
+    let probe = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&state.pool);
+    let up = matches!(
+        tokio::time::timeout(Duration::from_secs(2), probe).await,
+        Ok(Ok(1))
+    );
+    let body = Health {
+        status: if up { "ok" } else { "unavailable" },
+        timestamp: Utc::now(),
+        database: if up { "ok" } else { "unreachable" },
+    };
+    if up {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}

@@ -1,0 +1,71 @@
+//! The actix-web adapter. Handlers are thin: extract → parse into domain
+//! types → entry point or store → JSON. `configure` is the only route table,
+//! shared by `startup` and the tests.
+pub mod deliveries;
+pub mod error;
+pub mod events;
+pub mod extract;
+pub mod guard;
+pub mod health;
+pub mod openapi;
+pub mod page;
+pub mod rate_limit;
+pub mod webhooks;
+
+use actix_web::middleware::from_fn;
+use actix_web::web;
+use sqlx::PgPool;
+
+use crate::delivery::Deliverer;
+use guard::AdminKey;
+use rate_limit::IpLimiter;
+
+pub struct RateLimits {
+    pub management: IpLimiter,
+    pub test: IpLimiter,
+}
+
+/// Shared by every handler; built once by `startup`.
+pub struct ApiState {
+    pub pool: PgPool,
+    pub deliverer: Deliverer,
+    pub admin_key: AdminKey,
+    pub limits: RateLimits,
+    pub trust_proxy: bool,
+    pub allow_private_targets: bool,
+    pub lease_ms: i64,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.app_data(extract::query_config())
+        .app_data(extract::path_config())
+        .route("/health", web::get().to(health::health))
+        .route("/openapi.json", web::get().to(openapi::serve))
+        .service(
+            web::scope("/api/v1")
+                .wrap(from_fn(guard::guard))
+                .route("/webhooks", web::post().to(webhooks::create))
+                .route("/webhooks", web::get().to(webhooks::list))
+                .route("/webhooks/{id}", web::get().to(webhooks::get))
+                .route("/webhooks/{id}", web::patch().to(webhooks::patch))
+                .route("/webhooks/{id}", web::delete().to(webhooks::delete))
+                .route(
+                    "/webhooks/{id}/rotate-secret",
+                    web::post().to(webhooks::rotate_secret),
+                )
+                .route("/webhooks/{id}/test", web::post().to(webhooks::test))
+                .route("/webhooks/{id}/deliveries", web::get().to(deliveries::list))
+                .route(
+                    "/webhooks/{id}/deliveries/{delivery_id}",
+                    web::get().to(deliveries::get),
+                )
+                .route(
+                    "/webhooks/{id}/deliveries/{delivery_id}/retry",
+                    web::post().to(deliveries::retry),
+                )
+                .route("/event-types", web::get().to(events::event_types))
+                .route("/events", web::post().to(events::publish))
+                .default_service(web::to(extract::not_found)),
+        )
+        .default_service(web::to(extract::not_found));
+}

@@ -1,0 +1,322 @@
+//! /webhooks: register, list, read, change, delete, rotate the secret, test.
+use actix_web::{HttpResponse, web};
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use super::ApiState;
+use super::error::ApiError;
+use super::extract::ApiJson;
+use super::page::{self, Page, PageQuery};
+use crate::domain::InvalidField;
+use crate::domain::event_pattern::EventPattern;
+use crate::domain::ids::WebhookId;
+use crate::domain::secret::{self, WebhookSecret};
+use crate::domain::webhook_url::WebhookUrl;
+use crate::intake;
+use crate::queue::{self, Delivery};
+use crate::webhooks::{NewWebhook, Webhook, WebhookPatch, store};
+
+const MAX_DESCRIPTION: usize = 500;
+const MAX_PATTERNS: usize = 100;
+pub const TEST_EVENT: &str = "pool.assets_locked";
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhook {
+    /// Absolute http(s) URL, at most 2048 characters.
+    pub url: String,
+    /// Event types: exact names, `*`, or `prefix.*`.
+    pub events: Vec<String>,
+    /// `whsec_` + base64 of 24–64 bytes; generated when absent.
+    pub secret: Option<String>,
+    /// At most 500 characters.
+    pub description: Option<String>,
+    /// Defaults to true.
+    pub active: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchWebhook {
+    pub url: Option<String>,
+    pub events: Option<Vec<String>>,
+    pub active: Option<bool>,
+    /// `null` clears the description.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub description: Option<Option<String>>,
+}
+
+/// Distinguishes an absent field (outer `None`) from `null` (`Some(None)`).
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookView {
+    pub id: String,
+    pub url: String,
+    pub events: Vec<String>,
+    pub active: bool,
+    pub description: Option<String>,
+    /// Recognisable, not usable: `whsec_AbCd…wXyZ`.
+    pub secret_preview: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Returned by create and rotate-secret only: the one time the secret is shown.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WebhookWithSecret {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    pub secret: String,
+}
+
+impl From<Webhook> for WebhookView {
+    fn from(w: Webhook) -> Self {
+        Self {
+            secret_preview: secret::preview(&w.secret),
+            id: w.id,
+            url: w.url,
+            events: w.events,
+            active: w.active,
+            description: w.description,
+            created_at: w.created_at,
+            updated_at: w.updated_at,
+        }
+    }
+}
+
+fn with_secret(w: Webhook) -> WebhookWithSecret {
+    WebhookWithSecret {
+        secret: w.secret.clone(),
+        webhook: w.into(),
+    }
+}
+
+pub fn parse_id(raw: &str) -> Result<WebhookId, ApiError> {
+    WebhookId::parse(raw).ok_or(ApiError::NotFound("webhook"))
+}
+
+async fn validate_events(state: &ApiState, events: Vec<String>) -> Result<Vec<String>, ApiError> {
+    if events.is_empty() {
+        return Err(InvalidField::new(
+            "events",
+            "must list at least one event type, `*` or `prefix.*`",
+        )
+        .into());
+    }
+    if events.len() > MAX_PATTERNS {
+        return Err(InvalidField::new("events", format!("at most {MAX_PATTERNS} entries")).into());
+    }
+    let catalogue: Vec<String> = intake::event_types(&state.pool)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    let mut accepted: Vec<String> = Vec::with_capacity(events.len());
+    for (i, raw) in events.into_iter().enumerate() {
+        EventPattern::parse(&raw, &catalogue)
+            .map_err(|m| ApiError::Validation(format!("events[{i}]: {m}")))?;
+        if !accepted.contains(&raw) {
+            accepted.push(raw);
+        }
+    }
+    Ok(accepted)
+}
+
+fn validate_description(d: Option<String>) -> Result<Option<String>, ApiError> {
+    match d {
+        Some(d) if d.chars().count() > MAX_DESCRIPTION => Err(InvalidField::new(
+            "description",
+            format!("must be at most {MAX_DESCRIPTION} characters"),
+        )
+        .into()),
+        d => Ok(d),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+    responses((status = 201, body = WebhookWithSecret), (status = 400, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create(
+    state: web::Data<ApiState>,
+    body: ApiJson<CreateWebhook>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.0;
+    let url = WebhookUrl::parse_and_vet(&body.url, state.allow_private_targets).await?;
+    let events = validate_events(&state, body.events).await?;
+    let secret = match body.secret {
+        Some(raw) => WebhookSecret::parse(&raw).map_err(|m| InvalidField::new("secret", m))?,
+        None => WebhookSecret::generate(),
+    };
+    let new = NewWebhook {
+        url: url.into_string(),
+        events,
+        secret: secret.expose().to_owned(),
+        description: validate_description(body.description)?,
+        active: body.active.unwrap_or(true),
+    };
+    let created = store::create(&state.pool, &new).await?;
+    tracing::info!(webhook = %created.id, "webhook registered");
+    Ok(HttpResponse::Created().json(with_secret(created)))
+}
+
+#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks", params(PageQuery),
+    responses((status = 200, body = Page<WebhookView>)), security(("bearer" = [])))]
+pub async fn list(
+    state: web::Data<ApiState>,
+    query: web::Query<PageQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let limit = page::limit(query.limit)?;
+    let after = page::decode(query.cursor.as_deref())?;
+    let rows = store::list(&state.pool, after, limit + 1).await?;
+    let page = page::paginate(
+        rows,
+        limit,
+        |w| (w.created_at, w.id.as_str()),
+        WebhookView::from,
+    );
+    Ok(HttpResponse::Ok().json(page))
+}
+
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    responses((status = 200, body = WebhookView), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let webhook = store::get(&state.pool, id.as_str())
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    Ok(HttpResponse::Ok().json(WebhookView::from(webhook)))
+}
+
+#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", tag = "webhooks", request_body = PatchWebhook,
+    responses((status = 200, body = WebhookView), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn patch(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: ApiJson<PatchWebhook>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let body = body.0;
+    if body.url.is_none()
+        && body.events.is_none()
+        && body.active.is_none()
+        && body.description.is_none()
+    {
+        return Err(ApiError::Validation(
+            "the body must change at least one of url, events, active, description".into(),
+        ));
+    }
+    let url = match body.url {
+        Some(raw) => Some(
+            WebhookUrl::parse_and_vet(&raw, state.allow_private_targets)
+                .await?
+                .into_string(),
+        ),
+        None => None,
+    };
+    let events = match body.events {
+        Some(e) => Some(validate_events(&state, e).await?),
+        None => None,
+    };
+    let description = match body.description {
+        Some(d) => Some(validate_description(d)?),
+        None => None,
+    };
+    let patch = WebhookPatch {
+        url,
+        events,
+        active: body.active,
+        description,
+    };
+    let webhook = store::patch(&state.pool, id.as_str(), &patch)
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    Ok(HttpResponse::Ok().json(WebhookView::from(webhook)))
+}
+
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+    responses((status = 204), (status = 404, body = super::error::ErrorBody)), security(("bearer" = [])))]
+pub async fn delete(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    if !store::delete(&state.pool, id.as_str()).await? {
+        return Err(ApiError::NotFound("webhook"));
+    }
+    tracing::info!(webhook = %id, "webhook deleted");
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+    responses((status = 200, body = WebhookWithSecret), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn rotate_secret(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let secret = WebhookSecret::generate();
+    let webhook = store::rotate_secret(&state.pool, id.as_str(), secret.expose())
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    tracing::info!(webhook = %id, "webhook secret rotated");
+    Ok(HttpResponse::Ok().json(with_secret(webhook)))
+}
+
+/// The body of a `/test` delivery: a synthetic `pool.assets_locked`.
+fn test_body(event_id: &str, now: DateTime<Utc>) -> String {
+    serde_json::json!({
+        "event": TEST_EVENT,
+        "event_id": event_id,
+        "occurred_at": now.to_rfc3339_opts(SecondsFormat::Millis, true),
+        "data": {
+            "test": true,
+            "pool_id": "pool_test",
+            "asset": "TEST",
+            "amount": "1.0",
+        },
+    })
+    .to_string()
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", tag = "webhooks",
+    responses((status = 200, body = Delivery, description = "the delivery after its first attempt"),
+        (status = 404, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn test(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let event_id = format!("evt_test_{}", uuid::Uuid::new_v4().simple());
+    let body = test_body(&event_id, Utc::now());
+    let claimed = queue::store::insert_claimed(
+        &state.pool,
+        id.as_str(),
+        &event_id,
+        TEST_EVENT,
+        &body,
+        state.lease_ms,
+    )
+    .await?
+    .ok_or(ApiError::NotFound("webhook"))?;
+    let delivery_id = claimed.id.clone();
+    state
+        .deliverer
+        .deliver(claimed)
+        .await
+        .map_err(ApiError::Unexpected)?;
+    let delivery = queue::store::get(&state.pool, id.as_str(), &delivery_id)
+        .await?
+        .ok_or(ApiError::NotFound("delivery"))?;
+    Ok(HttpResponse::Ok().json(delivery))
+}

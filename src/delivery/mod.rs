@@ -1,0 +1,91 @@
+//! Stages 4 and 5: sign, send, classify, record. Both the worker and the API
+//! (`/test`, manual retry) deliver through `Deliverer::deliver`.
+//! Depends on `queue` (claims and the fenced finish) and `domain`.
+pub mod outcome;
+pub mod sender;
+pub mod signing;
+pub mod worker;
+
+use std::time::Instant;
+
+use chrono::Utc;
+use rand::Rng;
+use sqlx::PgPool;
+
+use crate::domain::secret::WebhookSecret;
+use crate::queue::retry::RetryPolicy;
+use crate::queue::{self, AttemptRecord, Claimed, NextState};
+use outcome::Outcome;
+use sender::{Request, Sender};
+
+#[derive(Clone)]
+pub struct Deliverer {
+    pool: PgPool,
+    sender: Sender,
+    policy: RetryPolicy,
+}
+
+impl Deliverer {
+    pub fn new(pool: PgPool, sender: Sender, policy: RetryPolicy) -> Self {
+        Self {
+            pool,
+            sender,
+            policy,
+        }
+    }
+
+    /// Sends one claimed delivery and records the attempt. `Err` means the
+    /// database write failed (the lease then expires and the delivery is sent
+    /// again); a receiver's failure is an `Ok(Outcome)`.
+    pub async fn deliver(&self, claimed: Claimed) -> anyhow::Result<Outcome> {
+        let started_at = Utc::now();
+        let secret = WebhookSecret::from_stored(claimed.secret.clone());
+        let signatures = signing::sign(
+            &secret,
+            &claimed.id,
+            started_at.timestamp(),
+            claimed.body.as_bytes(),
+        );
+        let clock = Instant::now();
+        let result = self
+            .sender
+            .send(Request {
+                url: claimed.url.clone(),
+                delivery_id: claimed.id.clone(),
+                event_type: claimed.event_type.clone(),
+                timestamp: started_at.timestamp(),
+                smartdrop_signature: signatures.smartdrop,
+                standard_signature: signatures.standard,
+                body: claimed.body.clone().into_bytes(),
+            })
+            .await;
+        let duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        let attempts = claimed.attempts as u32 + 1;
+        let unit = rand::rng().random::<f64>();
+        let outcome = outcome::classify(&result, attempts, &self.policy, Utc::now(), unit);
+        let record = AttemptRecord {
+            started_at,
+            duration_ms,
+            response_status: result.as_ref().ok().map(|r| r.status as i32),
+            error_kind: match &result {
+                Ok(r) if !(200..300).contains(&r.status) => Some("http_status"),
+                Ok(_) => None,
+                Err(e) => Some(e.kind()),
+            },
+            error: outcome::describe(&result),
+            response_excerpt: result.as_ref().ok().map(|r| r.excerpt.clone()),
+        };
+        let next = match &outcome {
+            Outcome::Success => NextState::Success,
+            Outcome::Retry { at } => NextState::Retry { at: *at },
+            Outcome::Failed => NextState::Failed,
+        };
+        let recorded = queue::store::finish(&self.pool, &claimed, &record, &next).await?;
+        if recorded {
+            tracing::debug!(delivery = %claimed.id, status = outcome.status(), attempts, duration_ms, "delivery attempt recorded");
+        } else {
+            tracing::warn!(delivery = %claimed.id, "lease lost before the attempt was recorded; another worker owns this delivery");
+        }
+        Ok(outcome)
+    }
+}

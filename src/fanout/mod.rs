@@ -1,0 +1,75 @@
+//! Stage 2: each committed event becomes one delivery per active webhook whose
+//! subscriptions match, in one transaction, exactly once across instances.
+//! Woken by NOTIFY on `webhook_events`; every wake-up is a full sweep, so a
+//! missed notification (restart, lost connection) loses nothing.
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// Events claimed per transaction by the sweep.
+const BATCH: i64 = 200;
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FanoutOutcome {
+    Dispatched { events: i64, deliveries: i64 },
+    Idle,
+}
+
+/// Fans out one specific event inside the caller's transaction (POST /events).
+/// Returns the number of deliveries created; 0 if it was already dispatched.
+pub async fn dispatch_event(conn: &mut sqlx::PgConnection, event_id: &str) -> sqlx::Result<i64> {
+    Ok(store::dispatch(conn, 1, Some(event_id)).await?.1)
+}
+
+pub async fn run_once(pool: &PgPool) -> sqlx::Result<FanoutOutcome> {
+    let mut conn = pool.acquire().await?;
+    let (events, deliveries) = store::dispatch(&mut conn, BATCH, None).await?;
+    Ok(if events == 0 {
+        FanoutOutcome::Idle
+    } else {
+        FanoutOutcome::Dispatched { events, deliveries }
+    })
+}
+
+/// Sweeps on start, on every wake-up and every `poll` as a fallback.
+pub async fn run(
+    pool: PgPool,
+    wake: Arc<Notify>,
+    deliveries_ready: Arc<Notify>,
+    poll: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(poll);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        loop {
+            match run_once(&pool).await {
+                Ok(FanoutOutcome::Dispatched { events, deliveries }) => {
+                    tracing::debug!(events, deliveries, "fanned out");
+                    if deliveries > 0 {
+                        // Saves the NOTIFY round trip for this instance's worker.
+                        deliveries_ready.notify_one();
+                    }
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                }
+                Ok(FanoutOutcome::Idle) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "fan-out failed; retrying at the next wake-up");
+                    break;
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = wake.notified() => {}
+            _ = tick.tick() => {}
+        }
+    }
+}

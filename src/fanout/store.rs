@@ -1,0 +1,55 @@
+//! The fan-out statement: claim undispatched events, insert their deliveries,
+//! mark them dispatched, all in one statement (so one transaction).
+
+/// Fans out up to `batch` undispatched events (or just `only`). Returns
+/// (events dispatched, deliveries created).
+pub async fn dispatch(
+    conn: &mut sqlx::PgConnection,
+    batch: i64,
+    only: Option<&str>,
+) -> sqlx::Result<(i64, i64)> {
+    let row = sqlx::query!(
+        r#"
+        WITH ev AS (
+            -- webhook_events_undispatched_idx; FOR UPDATE SKIP LOCKED makes each
+            -- event fan out in exactly one transaction, however many instances
+            -- sweep at once. The body is serialized here, once per event.
+            SELECT id, event_id, event_type,
+                   '{"event":' || to_json(event_type)::text
+                   || ',"event_id":' || to_json(event_id)::text
+                   || ',"occurred_at":'
+                   || to_json(to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text
+                   || ',"data":' || data::text || '}' AS body
+            FROM webhook_events
+            WHERE dispatched_at IS NULL AND ($2::text IS NULL OR event_id = $2)
+            ORDER BY id
+            LIMIT $1
+            FOR UPDATE SKIP LOCKED
+        ), fanned AS (
+            -- Subscription patterns, as in domain::event_pattern: '*', an exact
+            -- name, or 'prefix.*'.
+            INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body)
+            SELECT w.id, ev.event_id, ev.event_type, ev.body
+            FROM ev
+            JOIN webhooks w ON w.active AND (
+                '*' = ANY (w.events)
+                OR ev.event_type = ANY (w.events)
+                OR EXISTS (SELECT 1 FROM unnest(w.events) AS p
+                           WHERE right(p, 2) = '.*' AND starts_with(ev.event_type, left(p, -1)))
+            )
+            ON CONFLICT (event_id, webhook_id) DO NOTHING
+            RETURNING 1
+        ), marked AS (
+            UPDATE webhook_events e SET dispatched_at = now()
+            FROM ev WHERE e.id = ev.id
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM marked) AS "events!", (SELECT count(*) FROM fanned) AS "deliveries!"
+        "#,
+        batch,
+        only,
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok((row.events, row.deliveries))
+}

@@ -1,0 +1,75 @@
+//! Stage 3: the durable queue, which is the `webhook_deliveries` table.
+//! Postgres only, no HTTP. Depends on `domain`.
+pub mod retry;
+pub mod store;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use uuid::Uuid;
+
+/// A delivery claimed under a lease: everything the sender needs, and the
+/// token that fences every later write.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub id: String,
+    pub lease_token: Uuid,
+    /// Attempts made before this one.
+    pub attempts: i32,
+    pub webhook_id: String,
+    pub url: String,
+    pub secret: String,
+    pub event_type: String,
+    pub body: String,
+}
+
+/// One attempt, as recorded in `webhook_delivery_attempts`.
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub response_status: Option<i32>,
+    pub error_kind: Option<&'static str>,
+    pub error: Option<String>,
+    pub response_excerpt: Option<String>,
+}
+
+/// The new state written by a fenced finish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NextState {
+    Success,
+    Retry { at: DateTime<Utc> },
+    Failed,
+}
+
+/// A delivery as the API lists it.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Delivery {
+    pub id: String,
+    pub webhook_id: String,
+    #[serde(rename = "event")]
+    pub event_type: String,
+    pub event_id: String,
+    /// `pending`, `success` or `failed`.
+    pub status: String,
+    pub attempts: i32,
+    pub response_status: Option<i32>,
+    pub last_error: Option<String>,
+    /// When a pending delivery is next tried (or its current send's lease ends).
+    pub next_retry_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub last_attempt_at: Option<DateTime<Utc>>,
+    /// Duration of the latest attempt.
+    pub duration_ms: Option<i32>,
+}
+
+/// One row of a delivery's `attempt_log`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Attempt {
+    pub attempt: i32,
+    pub started_at: DateTime<Utc>,
+    pub duration_ms: i32,
+    pub response_status: Option<i32>,
+    pub error: Option<String>,
+    pub error_kind: Option<String>,
+    pub response_excerpt: Option<String>,
+}

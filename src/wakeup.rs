@@ -1,0 +1,77 @@
+//! One LISTEN connection for the whole instance. Notifications wake the
+//! fan-out (`webhook_events`) and the worker (`webhook_deliveries`). After a
+//! (re)connect both are woken, since notifications sent while the connection
+//! was down are lost and the sweep is what recovers them.
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::PgPool;
+use sqlx::postgres::PgListener;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub const EVENTS_CHANNEL: &str = "webhook_events";
+pub const DELIVERIES_CHANNEL: &str = "webhook_deliveries";
+
+#[derive(Clone, Default)]
+pub struct Wakeups {
+    pub events: Arc<Notify>,
+    pub deliveries: Arc<Notify>,
+}
+
+impl Wakeups {
+    fn wake_all(&self) {
+        self.events.notify_one();
+        self.deliveries.notify_one();
+    }
+}
+
+pub async fn run(pool: PgPool, wakeups: Wakeups, shutdown: CancellationToken) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let connected = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener
+                .listen_all([EVENTS_CHANNEL, DELIVERIES_CHANNEL])
+                .await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        let mut listener = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            l = connected => match l {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "LISTEN connection failed");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                    continue;
+                }
+            },
+        };
+        tracing::info!("listening for events and deliveries");
+        backoff = Duration::from_millis(100);
+        wakeups.wake_all();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                received = listener.try_recv() => match received {
+                    Ok(Some(n)) if n.channel() == EVENTS_CHANNEL => wakeups.events.notify_one(),
+                    Ok(Some(_)) => wakeups.deliveries.notify_one(),
+                    // The connection dropped; sqlx reconnects on the next call,
+                    // and whatever was notified meanwhile is found by a sweep.
+                    Ok(None) => {
+                        tracing::warn!("LISTEN connection lost; reconnecting and sweeping");
+                        wakeups.wake_all();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");
+                        break;
+                    }
+                },
+            }
+        }
+    }
+}
