@@ -1,0 +1,358 @@
+//! The test harness: the real app on 127.0.0.1:0 against the per-test
+//! database, and real HTTP receivers on loopback that record what arrives.
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use clap::Parser;
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use smartdrop_webhooks::cli::Cli;
+use smartdrop_webhooks::config::Config;
+use smartdrop_webhooks::startup::Application;
+
+pub const KEY: &str = "test-admin-key";
+
+pub fn database_url(pool: &PgPool) -> String {
+    let o = pool.connect_options();
+    format!(
+        "postgres://{}@{}:{}/{}",
+        o.get_username(),
+        o.get_host(),
+        o.get_port(),
+        o.get_database().expect("per-test database")
+    )
+}
+
+/// Defaults for tests: private targets allowed (receivers are on loopback),
+/// short retry delays without jitter, fast polling.
+pub fn test_config(pool: &PgPool) -> Config {
+    let mut config =
+        Cli::try_parse_from(["smartdrop-webhooks", "--database-url", &database_url(pool)])
+            .expect("defaults parse")
+            .config;
+    config.port = 0;
+    config.admin_api_key = Some(KEY.to_owned().into());
+    config.webhook_allow_private_targets = true;
+    config.webhook_retry_base_ms = 200;
+    config.webhook_retry_factor = 2.0;
+    config.webhook_retry_jitter = false;
+    config.webhook_retry_poll_ms = 50;
+    config.webhook_timeout_ms = 2000;
+    config.webhook_ratelimit_max = 10_000;
+    config.webhook_test_ratelimit_max = 10_000;
+    config
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub pool: PgPool,
+    pub client: reqwest::Client,
+    shutdown: CancellationToken,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestApp {
+    pub async fn spawn(pool: PgPool) -> Self {
+        Self::spawn_with(pool, |_| {}).await
+    }
+
+    pub async fn spawn_with(pool: PgPool, tweak: impl FnOnce(&mut Config)) -> Self {
+        let mut config = test_config(&pool);
+        tweak(&mut config);
+        config.validate().expect("valid test config");
+        let app = Application::build(config, pool.clone(), KEY).expect("app builds");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(app.run_until_stopped(shutdown.clone()));
+        Self {
+            address,
+            pool,
+            client: reqwest::Client::new(),
+            shutdown,
+            handle: Some(handle),
+        }
+    }
+
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        if let Some(h) = self.handle.take() {
+            h.await.expect("app task").expect("app stopped cleanly");
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client
+            .get(self.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> reqwest::Response {
+        self.client
+            .patch(self.url(path))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(path))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Registers a webhook and returns the create response.
+    pub async fn create_webhook(&self, url: &str, events: &[&str]) -> Value {
+        let response = self
+            .post(
+                "/api/v1/webhooks",
+                serde_json::json!({"url": url, "events": events}),
+            )
+            .await;
+        assert_eq!(response.status(), 201);
+        response.json().await.unwrap()
+    }
+
+    /// Publishes with the indexer's SQL in a committed transaction.
+    pub async fn publish_sql(
+        &self,
+        event_type: &str,
+        data: Value,
+        event_id: Option<&str>,
+    ) -> String {
+        sqlx::query_scalar::<_, String>("SELECT (webhook_publish($1, $2, $3)).event_id")
+            .bind(event_type)
+            .bind(data)
+            .bind(event_id)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+
+    pub async fn deliveries(&self, webhook_id: &str) -> Vec<Value> {
+        let page: Value = self
+            .get(&format!(
+                "/api/v1/webhooks/{webhook_id}/deliveries?limit=200"
+            ))
+            .await
+            .json()
+            .await
+            .unwrap();
+        page["data"].as_array().unwrap().clone()
+    }
+
+    /// Polls the delivery list until `done` holds, or panics at the deadline.
+    pub async fn wait_deliveries(
+        &self,
+        webhook_id: &str,
+        deadline: Duration,
+        done: impl Fn(&[Value]) -> bool,
+    ) -> Vec<Value> {
+        let start = Instant::now();
+        loop {
+            let list = self.deliveries(webhook_id).await;
+            if done(&list) {
+                return list;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "deliveries never reached the expected state: {list:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(&'static str, String)>,
+    pub delay: Duration,
+}
+
+impl Reply {
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: vec![],
+            delay: Duration::ZERO,
+        }
+    }
+
+    pub fn header(mut self, name: &'static str, value: &str) -> Self {
+        self.headers.push((name, value.to_owned()));
+        self
+    }
+
+    pub fn delayed(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+    pub at: Instant,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Mutex<Vec<Received>>,
+    script: Mutex<VecDeque<Reply>>,
+    fallback: Mutex<Option<Reply>>,
+}
+
+/// A real HTTP server on loopback that records every request and answers
+/// from a script (then a fallback, then 200).
+pub struct Receiver {
+    pub url: String,
+    state: Arc<ReceiverState>,
+}
+
+async fn record(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Arc<ReceiverState>>,
+) -> HttpResponse {
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in req.headers() {
+        headers.append(
+            reqwest::header::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap(),
+            reqwest::header::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
+        );
+    }
+    state.received.lock().unwrap().push(Received {
+        headers,
+        body: body.to_vec(),
+        at: Instant::now(),
+    });
+    let reply = state.script.lock().unwrap().pop_front();
+    let reply = reply
+        .or_else(|| state.fallback.lock().unwrap().clone())
+        .unwrap_or(Reply::status(200));
+    if !reply.delay.is_zero() {
+        tokio::time::sleep(reply.delay).await;
+    }
+    let mut response =
+        HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap());
+    for (name, value) in reply.headers {
+        response.insert_header((name, value));
+    }
+    response.body("ok")
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        let state = Arc::new(ReceiverState::default());
+        let data = web::Data::new(state.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .default_service(web::to(record))
+        })
+        .workers(2)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .unwrap();
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        tokio::spawn(server);
+        Self {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            state,
+        }
+    }
+
+    /// Answers the next requests with these replies, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.script.lock().unwrap().extend(replies);
+    }
+
+    /// Answers every unscripted request with this reply.
+    pub fn always(&self, reply: Reply) {
+        *self.state.fallback.lock().unwrap() = Some(reply);
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub async fn wait_for(&self, n: usize, deadline: Duration) -> Vec<Received> {
+        let start = Instant::now();
+        loop {
+            let got = self.received();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "expected {n} requests, got {} within {deadline:?}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Waits `quiet` and asserts nothing more arrived beyond `n`.
+    pub async fn assert_stays_at(&self, n: usize, quiet: Duration) {
+        tokio::time::sleep(quiet).await;
+        assert_eq!(self.received().len(), n, "unexpected extra requests");
+    }
+}
+
+/// A loopback URL where nothing listens (connection refused).
+pub fn refused_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    format!("http://127.0.0.1:{port}/hook")
+}

@@ -1,0 +1,189 @@
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{Receiver, TestApp};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn event_ids(receiver: &Receiver) -> Vec<String> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[sqlx::test]
+async fn a_rolled_back_publish_delivers_nothing(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    let mut tx = app.pool.begin().await.unwrap();
+    sqlx::query("SELECT webhook_publish('pool.created', '{}'::jsonb, 'rolled-back')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    // A committed marker published afterwards proves the pipeline ran.
+    app.publish_sql("pool.closed", json!({}), Some("marker"))
+        .await;
+    receiver.wait_for(1, WAIT).await;
+    receiver
+        .assert_stays_at(1, Duration::from_millis(300))
+        .await;
+    assert_eq!(event_ids(&receiver), ["marker"]);
+    let stored: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_events WHERE event_id = 'rolled-back'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, 0);
+}
+
+#[sqlx::test]
+async fn the_same_event_id_twice_delivers_once(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    let first = app
+        .publish_sql("pool.created", json!({"n": 1}), Some("dup-1"))
+        .await;
+    receiver.wait_for(1, WAIT).await;
+    let second = app
+        .publish_sql("pool.created", json!({"n": 2}), Some("dup-1"))
+        .await;
+    assert_eq!(first, second);
+    // The duplicate also arrives through the HTTP intake: no new deliveries.
+    let http: Value = app
+        .post(
+            "/api/v1/events",
+            json!({"event": "pool.created", "event_id": "dup-1", "data": {}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(http["deliveries"], 0);
+    app.publish_sql("pool.closed", json!({}), Some("marker"))
+        .await;
+    receiver.wait_for(2, WAIT).await;
+    receiver
+        .assert_stays_at(2, Duration::from_millis(300))
+        .await;
+    assert_eq!(event_ids(&receiver), ["dup-1", "marker"]);
+    assert_eq!(
+        receiver.received()[0].json()["data"],
+        json!({"n": 1}),
+        "the first publish wins"
+    );
+}
+
+#[sqlx::test]
+async fn an_unknown_type_fails_the_publishing_statement(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let err = sqlx::query("SELECT webhook_publish('pool.exploded', '{}'::jsonb)")
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("unknown event type \"pool.exploded\""),
+        "{err}"
+    );
+    let err = sqlx::query("INSERT INTO webhook_events (event_type, data) VALUES ('nope', '{}')")
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown event type"), "{err}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+    let response = app
+        .post(
+            "/api/v1/events",
+            json!({"event": "pool.exploded", "data": {}}),
+        )
+        .await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    assert!(
+        error["message"].as_str().unwrap().starts_with("event:"),
+        "{error}"
+    );
+}
+
+#[sqlx::test]
+async fn a_plain_insert_and_the_http_intake_are_delivered_too(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    sqlx::query("INSERT INTO webhook_events (event_type, event_id, data) VALUES ('pool.created', 'plain-1', '{\"x\": 1}')")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let response = app
+        .post(
+            "/api/v1/events",
+            json!({"event": "price.alert", "event_id": "http-1", "occurred_at": "2026-06-25T12:00:00Z", "data": {"p": 2}}),
+        )
+        .await;
+    assert_eq!(response.status(), 202);
+    let published: Value = response.json().await.unwrap();
+    assert_eq!(published, json!({"event_id": "http-1", "deliveries": 1}));
+    let generated: Value = app
+        .post(
+            "/api/v1/events",
+            json!({"event": "pool.closed", "data": {}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(generated["event_id"].as_str().unwrap().starts_with("evt_"));
+    receiver.wait_for(3, WAIT).await;
+    let mut ids = event_ids(&receiver);
+    ids.sort();
+    assert_eq!(&ids[1..], ["http-1", "plain-1"]);
+    let http = receiver
+        .received()
+        .into_iter()
+        .find(|r| r.json()["event_id"] == "http-1")
+        .unwrap();
+    assert_eq!(http.json()["occurred_at"], "2026-06-25T12:00:00.000Z");
+    for bad in [
+        json!({"event": "pool.created"}),
+        json!({"event": "pool.created", "data": {}, "event_id": ""}),
+        json!({"event": "pool.created", "data": {}, "occurred_at": "yesterday"}),
+        json!({"event": "pool.created", "data": {}, "extra": true}),
+    ] {
+        assert_eq!(
+            app.post("/api/v1/events", bad.clone()).await.status(),
+            400,
+            "{bad}"
+        );
+    }
+}
+
+#[sqlx::test]
+async fn events_committed_while_the_service_is_down_are_swept_on_start(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    app.stop().await;
+    for i in 0..20 {
+        sqlx::query("SELECT webhook_publish('pool.created', '{}'::jsonb, $1)")
+            .bind(format!("offline-{i}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let _app = TestApp::spawn(pool).await;
+    receiver.wait_for(20, WAIT).await;
+    receiver
+        .assert_stays_at(20, Duration::from_millis(200))
+        .await;
+}

@@ -1,0 +1,10 @@
+//! One integration binary: the real app, a real Postgres (a fresh database per
+//! test) and real HTTP receivers on loopback.
+mod delivery;
+mod helpers;
+mod intake;
+mod queue;
+mod rate_limit;
+mod retries;
+mod ssrf;
+mod webhooks;

@@ -1,0 +1,132 @@
+//! The queue's own guarantees, driven through the store directly.
+use serde_json::json;
+use sqlx::PgPool;
+
+use smartdrop_webhooks::queue::store;
+use smartdrop_webhooks::queue::{AttemptRecord, NextState};
+
+async fn seed(pool: &PgPool, n: usize) {
+    sqlx::query("INSERT INTO webhooks (url, events, secret) VALUES ('http://127.0.0.1:9/x', '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw')")
+        .execute(pool)
+        .await
+        .unwrap();
+    for i in 0..n {
+        sqlx::query("SELECT webhook_publish('pool.created', $1)")
+            .bind(json!({"i": i}))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    let mut conn = pool.acquire().await.unwrap();
+    smartdrop_webhooks::fanout::store::dispatch(&mut conn, 1000, None)
+        .await
+        .unwrap();
+}
+
+fn attempt() -> AttemptRecord {
+    AttemptRecord {
+        started_at: chrono::Utc::now(),
+        duration_ms: 3,
+        response_status: Some(200),
+        error_kind: None,
+        error: None,
+        response_excerpt: Some("ok".into()),
+    }
+}
+
+#[sqlx::test]
+async fn concurrent_claimers_get_disjoint_rows(pool: PgPool) {
+    seed(&pool, 40).await;
+    let (a, b) = tokio::join!(
+        store::claim_due(&pool, 25, 60_000),
+        store::claim_due(&pool, 25, 60_000)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.len() + b.len(), 40);
+    assert!(a.iter().all(|x| b.iter().all(|y| x.id != y.id)));
+    assert!(
+        store::claim_due(&pool, 25, 60_000)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased rows are not due"
+    );
+}
+
+#[sqlx::test]
+async fn an_expired_lease_is_reclaimed_and_the_stale_owner_is_fenced_out(pool: PgPool) {
+    seed(&pool, 1).await;
+    let first = store::claim_due(&pool, 10, 1).await.unwrap().remove(0);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let second = store::claim_due(&pool, 10, 60_000).await.unwrap().remove(0);
+    assert_eq!(first.id, second.id);
+    assert_ne!(first.lease_token, second.lease_token);
+    assert!(
+        !store::finish(&pool, &first, &attempt(), &NextState::Success)
+            .await
+            .unwrap(),
+        "fenced"
+    );
+    assert!(
+        store::finish(&pool, &second, &attempt(), &NextState::Success)
+            .await
+            .unwrap()
+    );
+    let (status, attempts): (String, i32) =
+        sqlx::query_as("SELECT status, attempts FROM webhook_deliveries")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((status.as_str(), attempts), ("success", 1));
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_delivery_attempts")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 1);
+}
+
+#[sqlx::test]
+async fn released_leases_are_due_at_once_without_consuming_an_attempt(pool: PgPool) {
+    seed(&pool, 3).await;
+    let claimed = store::claim_due(&pool, 10, 60_000).await.unwrap();
+    let tokens: Vec<_> = claimed.iter().map(|c| c.lease_token).collect();
+    assert_eq!(store::release(&pool, &tokens).await.unwrap(), 3);
+    let again = store::claim_due(&pool, 10, 60_000).await.unwrap();
+    assert_eq!(again.len(), 3);
+    assert!(again.iter().all(|c| c.attempts == 0));
+}
+
+#[sqlx::test]
+async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
+    sqlx::query("INSERT INTO webhooks (url, events, secret) SELECT 'http://127.0.0.1:9/' || g, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' FROM generate_series(1, 3) g")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for _ in 0..300 {
+        sqlx::query("SELECT webhook_publish('pool.created', '{}')")
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let sweep = || async {
+        let mut total = 0;
+        let mut conn = pool.acquire().await.unwrap();
+        loop {
+            let (events, deliveries) =
+                smartdrop_webhooks::fanout::store::dispatch(&mut conn, 7, None)
+                    .await
+                    .unwrap();
+            if events == 0 {
+                return total;
+            }
+            total += deliveries;
+        }
+    };
+    let (a, b, c) = tokio::join!(sweep(), sweep(), sweep());
+    assert_eq!(a + b + c, 900);
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 900);
+}
