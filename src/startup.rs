@@ -139,9 +139,10 @@ impl Application {
 
 /// Resolves ADMIN_API_KEY, generating one (printed once) when unset.
 pub fn admin_key(config: &Config) -> String {
-    match &config.admin_api_key {
-        Some(key) => key.expose_secret().to_owned(),
-        None => {
+    match config.admin_api_key.as_ref().map(|k| k.expose_secret()) {
+        // An empty value (e.g. `ADMIN_API_KEY=` in a compose file) counts as unset.
+        Some(key) if !key.is_empty() => key.to_owned(),
+        _ => {
             let key = format!(
                 "sdk_{}",
                 crate::domain::secret::WebhookSecret::generate().standard_key_hex()

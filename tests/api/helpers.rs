@@ -16,6 +16,12 @@ use smartdrop_webhooks::startup::Application;
 
 pub const KEY: &str = "test-admin-key";
 
+/// reqwest is built with rustls and no default crypto provider (see Cargo.toml).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn database_url(pool: &PgPool) -> String {
     let o = pool.connect_options();
     format!(
@@ -71,7 +77,7 @@ impl TestApp {
         Self {
             address,
             pool,
-            client: reqwest::Client::new(),
+            client: http_client(),
             shutdown,
             handle: Some(handle),
         }

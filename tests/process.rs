@@ -1,0 +1,338 @@
+//! The real binary, as operators run it: crashes, restarts, several
+//! instances on one database, graceful shutdown, the `publish` subcommand.
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use helpers::{KEY, Receiver, Reply, database_url};
+
+const BIN: &str = env!("CARGO_BIN_EXE_smartdrop-webhooks");
+
+struct Service {
+    child: Child,
+    base: String,
+}
+
+impl Service {
+    async fn start(pool: &PgPool, env: &[(&str, &str)]) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut command = Command::new(BIN);
+        command
+            .env_clear()
+            .env("DATABASE_URL", database_url(pool))
+            .env("PORT", port.to_string())
+            .env("ADMIN_API_KEY", KEY)
+            .env("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+            .env("WEBHOOK_RETRY_POLL_MS", "50")
+            .env("WEBHOOK_RETRY_BASE_MS", "200")
+            .env("LOG_LEVEL", "warn")
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("TEST_LOG").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let service = Self {
+            child: command.spawn().expect("binary starts"),
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let client = helpers::http_client();
+        loop {
+            if let Ok(r) = client.get(format!("{}/health", service.base)).send().await
+                && r.status() == 200
+            {
+                return service;
+            }
+            assert!(Instant::now() < deadline, "service did not become healthy");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn create_webhook(&self, url: &str) -> String {
+        let response = helpers::http_client()
+            .post(format!("{}/api/v1/webhooks", self.base))
+            .bearer_auth(KEY)
+            .json(&json!({"url": url, "events": ["*"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201);
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Sends SIGTERM and returns the exit status and how long the exit took.
+    async fn terminate(mut self) -> (std::process::ExitStatus, Duration) {
+        let started = Instant::now();
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, started.elapsed());
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "did not exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn publish_many(pool: &PgPool, n: i32, prefix: &str) {
+    sqlx::query("SELECT webhook_publish('pool.created', jsonb_build_object('i', g), $2 || g) FROM generate_series(1, $1) g")
+        .bind(n)
+        .bind(prefix)
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
+async fn wait_all_succeeded(pool: &PgPool, n: i64, deadline: Duration) {
+    let start = Instant::now();
+    loop {
+        let done: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'success'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        if done == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "{done} of {n} deliveries succeeded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn distinct(receiver: &Receiver, header: &str) -> HashSet<String> {
+    receiver
+        .received()
+        .iter()
+        .map(|r| r.header(header).to_owned())
+        .collect()
+}
+
+#[sqlx::test]
+async fn events_published_while_the_service_is_stopped_are_all_delivered_after_it_starts(
+    pool: PgPool,
+) {
+    let receiver = Receiver::start().await;
+    let service = Service::start(&pool, &[]).await;
+    service.create_webhook(&receiver.url).await;
+    let (status, _) = service.terminate().await;
+    assert!(status.success());
+    publish_many(&pool, 100, "offline-").await;
+    let _service = Service::start(&pool, &[]).await;
+    receiver.wait_for(100, Duration::from_secs(20)).await;
+    wait_all_succeeded(&pool, 100, Duration::from_secs(10)).await;
+    assert_eq!(distinct(&receiver, "webhook-id").len(), 100);
+}
+
+#[sqlx::test]
+async fn a_kill_9_mid_delivery_loses_nothing(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    // The first five requests are held open far past the kill.
+    receiver.script((0..5).map(|_| Reply::status(200).delayed(Duration::from_secs(30))));
+    let env = [("WEBHOOK_TIMEOUT_MS", "2000"), ("WEBHOOK_LEASE_MS", "3000")];
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 5, "crash-").await;
+    receiver.wait_for(5, Duration::from_secs(10)).await;
+    service.kill_9();
+    let restarted_at = Instant::now();
+    let _service = Service::start(&pool, &env).await;
+    wait_all_succeeded(&pool, 5, Duration::from_secs(20)).await;
+    println!(
+        "all 5 redelivered {:?} after the restart began",
+        restarted_at.elapsed()
+    );
+    let got = receiver.received();
+    assert_eq!(
+        got.len(),
+        10,
+        "each event once before the crash and once after"
+    );
+    assert_eq!(
+        distinct(&receiver, "webhook-id").len(),
+        5,
+        "redelivered under the same webhook-id"
+    );
+}
+
+#[sqlx::test]
+async fn three_instances_deliver_1000_events_none_missing_none_twice(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let services = [
+        Service::start(&pool, &[]).await,
+        Service::start(&pool, &[]).await,
+        Service::start(&pool, &[]).await,
+    ];
+    services[0].create_webhook(&receiver.url).await;
+    for batch in 0..10 {
+        publish_many(&pool, 100, &format!("multi-{batch}-")).await;
+    }
+    receiver.wait_for(1000, Duration::from_secs(60)).await;
+    receiver
+        .assert_stays_at(1000, Duration::from_millis(500))
+        .await;
+    assert_eq!(
+        distinct(&receiver, "webhook-id").len(),
+        1000,
+        "no delivery sent twice"
+    );
+    let events: HashSet<String> = receiver
+        .received()
+        .iter()
+        .map(|r| r.json()["event_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(events.len(), 1000, "no event missing");
+    wait_all_succeeded(&pool, 1000, Duration::from_secs(10)).await;
+}
+
+#[sqlx::test]
+async fn sigterm_finishes_in_flight_sends_exits_0_and_the_next_start_delivers_the_rest(
+    pool: PgPool,
+) {
+    let receiver = Receiver::start().await;
+    receiver.script((0..5).map(|_| Reply::status(200).delayed(Duration::from_millis(1500))));
+    let env = [
+        ("WEBHOOK_TIMEOUT_MS", "3000"),
+        ("WEBHOOK_DELIVERY_CONCURRENCY", "5"),
+    ];
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 20, "term-").await;
+    receiver.wait_for(5, Duration::from_secs(10)).await;
+    let (status, took) = service.terminate().await;
+    println!("SIGTERM → exit in {took:?}");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(took < Duration::from_millis(3000 + 5000), "took {took:?}");
+    let done: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE status = 'success'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(done, 5, "the in-flight sends finished and were recorded");
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM webhook_deliveries WHERE lease_token IS NOT NULL")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(leased, 0, "no lease left behind");
+    let _service = Service::start(&pool, &env).await;
+    wait_all_succeeded(&pool, 20, Duration::from_secs(20)).await;
+    assert_eq!(receiver.received().len(), 20);
+}
+
+#[sqlx::test]
+async fn sigterm_while_a_receiver_hangs_exits_0_within_the_timeout_and_the_next_start_delivers_those_events(
+    pool: PgPool,
+) {
+    let receiver = Receiver::start().await;
+    receiver.script((0..3).map(|_| Reply::status(200).delayed(Duration::from_secs(30))));
+    let env = [("WEBHOOK_TIMEOUT_MS", "1000")];
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 3, "hang-").await;
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    let (status, took) = service.terminate().await;
+    assert!(status.success());
+    assert!(took < Duration::from_millis(1000 + 5000), "took {took:?}");
+    // The timed-out attempts are recorded as retryable, and the next start sends them.
+    let _service = Service::start(&pool, &env).await;
+    wait_all_succeeded(&pool, 3, Duration::from_secs(20)).await;
+}
+
+#[sqlx::test]
+async fn the_publish_subcommand_goes_through_the_same_intake(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let _service = Service::start(&pool, &[]).await;
+    _service.create_webhook(&receiver.url).await;
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .args([
+            "publish",
+            "price.alert",
+            r#"{"symbol":"SDT"}"#,
+            "--event-id",
+            "cli-1",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-1");
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    assert_eq!(got[0].json()["data"], json!({"symbol": "SDT"}));
+    let bad = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .args(["publish", "nope.type", "{}"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown event type"));
+}
+
+#[test]
+fn an_invalid_setting_stops_the_service_naming_the_variable() {
+    for (var, value) in [
+        ("WEBHOOK_MAX_ATTEMPTS", "zero"),
+        ("WEBHOOK_RETRY_FACTOR", "0.5"),
+        ("PORT", "99999"),
+        ("WEBHOOK_RETRY_JITTER", "maybe"),
+        ("LOG_FORMAT", "xml"),
+        ("WEBHOOK_LEASE_MS", "10"),
+    ] {
+        let out = Command::new(BIN)
+            .env_clear()
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(var), "{var}={value}: {stderr}");
+    }
+}
