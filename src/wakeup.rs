@@ -10,6 +10,8 @@ use sqlx::postgres::PgListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 pub const EVENTS_CHANNEL: &str = "webhook_events";
 pub const DELIVERIES_CHANNEL: &str = "webhook_deliveries";
 
@@ -26,8 +28,14 @@ impl Wakeups {
     }
 }
 
-pub async fn run(pool: PgPool, wakeups: Wakeups, shutdown: CancellationToken) {
+pub async fn run(
+    pool: PgPool,
+    wakeups: Wakeups,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
+    let mut first = true;
     loop {
         let connected = async {
             let mut listener = PgListener::connect_with(&pool).await?;
@@ -52,6 +60,9 @@ pub async fn run(pool: PgPool, wakeups: Wakeups, shutdown: CancellationToken) {
             },
         };
         tracing::info!("listening for events and deliveries");
+        if !std::mem::take(&mut first) {
+            metrics.listener_reconnects.increment(1);
+        }
         backoff = Duration::from_millis(100);
         wakeups.wake_all();
         loop {
@@ -64,6 +75,7 @@ pub async fn run(pool: PgPool, wakeups: Wakeups, shutdown: CancellationToken) {
                     // and whatever was notified meanwhile is found by a sweep.
                     Ok(None) => {
                         tracing::warn!("LISTEN connection lost; reconnecting and sweeping");
+                        metrics.listener_reconnects.increment(1);
                         wakeups.wake_all();
                     }
                     Err(e) => {

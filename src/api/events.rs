@@ -81,6 +81,12 @@ pub async fn publish(
     })?;
     let deliveries = fanout::dispatch_event(&mut tx, &event_id).await?;
     tx.commit().await?;
+    state.metrics.events_published_http.increment(1);
+    state.metrics.events_dispatched.increment(1);
+    state
+        .metrics
+        .deliveries_created
+        .increment(deliveries as u64);
     Ok(HttpResponse::Accepted().json(Published {
         event_id,
         deliveries,

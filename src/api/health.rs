@@ -34,3 +34,23 @@ pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
         HttpResponse::ServiceUnavailable().json(body)
     }
 }
+
+/// GET /metrics: Prometheus text format. The backlog gauges are read from the
+/// database at scrape time so every instance reports the shared queue.
+pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
+    if let Ok(Ok(backlog)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::reporting::store::backlog(&state.pool),
+    )
+    .await
+    {
+        state.metrics.due_backlog.set(backlog.due as f64);
+        state
+            .metrics
+            .oldest_due_age_seconds
+            .set(backlog.oldest_due_age_seconds.unwrap_or(0.0));
+    }
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}

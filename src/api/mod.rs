@@ -1,6 +1,7 @@
 //! The actix-web adapter. Handlers are thin: extract → parse into domain
 //! types → entry point or store → JSON. `configure` is the only route table,
 //! shared by `startup` and the tests.
+pub mod dashboard;
 pub mod deliveries;
 pub mod error;
 pub mod events;
@@ -10,13 +11,17 @@ pub mod health;
 pub mod openapi;
 pub mod page;
 pub mod rate_limit;
+pub mod stats;
 pub mod webhooks;
+
+use std::sync::Arc;
 
 use actix_web::middleware::from_fn;
 use actix_web::web;
 use sqlx::PgPool;
 
 use crate::delivery::Deliverer;
+use crate::metrics::Metrics;
 use guard::AdminKey;
 use rate_limit::IpLimiter;
 
@@ -29,6 +34,7 @@ pub struct RateLimits {
 pub struct ApiState {
     pub pool: PgPool,
     pub deliverer: Deliverer,
+    pub metrics: Arc<Metrics>,
     pub admin_key: AdminKey,
     pub limits: RateLimits,
     pub trust_proxy: bool,
@@ -41,6 +47,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .app_data(extract::path_config())
         .route("/health", web::get().to(health::health))
         .route("/openapi.json", web::get().to(openapi::serve))
+        .route("/metrics", web::get().to(health::metrics))
+        .route("/dashboard", web::get().to(dashboard::page))
         .service(
             web::scope("/api/v1")
                 .wrap(from_fn(guard::guard))
@@ -65,6 +73,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/event-types", web::get().to(events::event_types))
                 .route("/events", web::post().to(events::publish))
+                .route("/stats", web::get().to(stats::all))
+                .route("/webhooks/{id}/stats", web::get().to(stats::one))
                 .default_service(web::to(extract::not_found)),
         )
         .default_service(web::to(extract::not_found));

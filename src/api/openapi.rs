@@ -5,8 +5,8 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{deliveries, error, events, health, page, webhooks};
-use crate::queue;
+use super::{deliveries, error, events, health, page, stats, webhooks};
+use crate::{queue, reporting};
 
 struct BearerAuth;
 
@@ -29,12 +29,15 @@ impl Modify for BearerAuth {
         webhooks::rotate_secret, webhooks::test,
         deliveries::list, deliveries::get, deliveries::retry,
         events::publish, events::event_types,
+        stats::all, stats::one,
     ),
     components(schemas(
         error::ErrorBody, webhooks::CreateWebhook, webhooks::PatchWebhook, webhooks::WebhookView,
         webhooks::WebhookWithSecret, queue::Delivery, queue::Attempt, deliveries::DeliveryDetail,
         events::PublishEvent, events::Published, events::EventTypes, events::EventType, health::Health,
         page::Page<webhooks::WebhookView>, page::Page<queue::Delivery>,
+        reporting::Stats, reporting::Totals, reporting::Backlog, reporting::WebhookHealth,
+        reporting::HourlyVolume, reporting::FailureReason, reporting::RecentFailure,
     )),
     modifiers(&BearerAuth),
 )]

@@ -6,6 +6,7 @@ pub mod sender;
 pub mod signing;
 pub mod worker;
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::Utc;
@@ -13,6 +14,7 @@ use rand::Rng;
 use sqlx::PgPool;
 
 use crate::domain::secret::WebhookSecret;
+use crate::metrics::Metrics;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{self, AttemptRecord, Claimed, NextState};
 use outcome::Outcome;
@@ -23,14 +25,16 @@ pub struct Deliverer {
     pool: PgPool,
     sender: Sender,
     policy: RetryPolicy,
+    metrics: Arc<Metrics>,
 }
 
 impl Deliverer {
-    pub fn new(pool: PgPool, sender: Sender, policy: RetryPolicy) -> Self {
+    pub fn new(pool: PgPool, sender: Sender, policy: RetryPolicy, metrics: Arc<Metrics>) -> Self {
         Self {
             pool,
             sender,
             policy,
+            metrics,
         }
     }
 
@@ -59,7 +63,9 @@ impl Deliverer {
                 body: claimed.body.clone().into_bytes(),
             })
             .await;
-        let duration_ms = clock.elapsed().as_millis().min(i32::MAX as u128) as i32;
+        let elapsed = clock.elapsed();
+        self.metrics.attempt_seconds.record(elapsed.as_secs_f64());
+        let duration_ms = elapsed.as_millis().min(i32::MAX as u128) as i32;
         let attempts = claimed.attempts as u32 + 1;
         let unit = rand::rng().random::<f64>();
         let outcome = outcome::classify(&result, attempts, &self.policy, Utc::now(), unit);
@@ -82,6 +88,11 @@ impl Deliverer {
         };
         let recorded = queue::store::finish(&self.pool, &claimed, &record, &next).await?;
         if recorded {
+            match &outcome {
+                Outcome::Success => self.metrics.delivered.increment(1),
+                Outcome::Retry { .. } => self.metrics.retry_scheduled.increment(1),
+                Outcome::Failed => self.metrics.failed.increment(1),
+            }
             tracing::debug!(delivery = %claimed.id, status = outcome.status(), attempts, duration_ms, "delivery attempt recorded");
         } else {
             tracing::warn!(delivery = %claimed.id, "lease lost before the attempt was recorded; another worker owns this delivery");

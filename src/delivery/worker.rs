@@ -13,6 +13,7 @@ use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::Deliverer;
+use crate::metrics::Metrics;
 use crate::queue;
 
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +34,7 @@ pub struct Worker {
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
+    metrics: Arc<Metrics>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -49,6 +51,7 @@ impl Worker {
         deliverer: Deliverer,
         config: WorkerConfig,
         wake: Arc<Notify>,
+        metrics: Arc<Metrics>,
     ) -> Self {
         Self {
             pool,
@@ -58,6 +61,7 @@ impl Worker {
             wake,
             tasks: TaskTracker::new(),
             in_flight: Arc::default(),
+            metrics,
         }
     }
 
@@ -83,6 +87,8 @@ impl Worker {
             let deliverer = self.deliverer.clone();
             let in_flight = self.in_flight.clone();
             in_flight.lock().unwrap().insert(delivery.lease_token);
+            let metrics = self.metrics.clone();
+            metrics.in_flight.increment(1.0);
             self.tasks.spawn(async move {
                 let token = delivery.lease_token;
                 let id = delivery.id.clone();
@@ -90,6 +96,7 @@ impl Worker {
                     tracing::error!(delivery = %id, error = %format!("{e:#}"), "could not record a delivery attempt; it is retried when its lease expires");
                 }
                 in_flight.lock().unwrap().remove(&token);
+                metrics.in_flight.decrement(1.0);
                 drop(permit);
             });
         }

@@ -11,6 +11,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::Metrics;
+
 /// Events claimed per transaction by the sweep.
 const BATCH: i64 = 200;
 
@@ -36,14 +38,24 @@ pub async fn run_once(pool: &PgPool) -> sqlx::Result<FanoutOutcome> {
     })
 }
 
+/// Who the fan-out loop wakes and reports to.
+pub struct FanoutContext {
+    pub pool: PgPool,
+    pub wake: Arc<Notify>,
+    pub deliveries_ready: Arc<Notify>,
+    pub poll: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
 /// Sweeps on start, on every wake-up and every `poll` as a fallback.
-pub async fn run(
-    pool: PgPool,
-    wake: Arc<Notify>,
-    deliveries_ready: Arc<Notify>,
-    poll: Duration,
-    shutdown: CancellationToken,
-) {
+pub async fn run(ctx: FanoutContext, shutdown: CancellationToken) {
+    let FanoutContext {
+        pool,
+        wake,
+        deliveries_ready,
+        poll,
+        metrics,
+    } = ctx;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -51,6 +63,8 @@ pub async fn run(
             match run_once(&pool).await {
                 Ok(FanoutOutcome::Dispatched { events, deliveries }) => {
                     tracing::debug!(events, deliveries, "fanned out");
+                    metrics.events_dispatched.increment(events as u64);
+                    metrics.deliveries_created.increment(deliveries as u64);
                     if deliveries > 0 {
                         // Saves the NOTIFY round trip for this instance's worker.
                         deliveries_ready.notify_one();

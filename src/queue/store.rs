@@ -168,11 +168,11 @@ pub async fn finish(
                 last_error = $6,
                 last_attempt_at = $7
             WHERE id = $1 AND lease_token = $2
-            RETURNING id, attempts
+            RETURNING id, webhook_id, attempts
         )
         INSERT INTO webhook_delivery_attempts
-            (delivery_id, attempt, started_at, duration_ms, response_status, error_kind, error, response_excerpt)
-        SELECT id, attempts, $7, $8, $5, $9, $6, $10 FROM done
+            (delivery_id, webhook_id, attempt, started_at, duration_ms, response_status, error_kind, error, response_excerpt)
+        SELECT id, webhook_id, attempts, $7, $8, $5, $9, $6, $10 FROM done
         "#,
         claimed.id,
         claimed.lease_token,

@@ -5,6 +5,7 @@ mod helpers;
 mod intake;
 mod queue;
 mod rate_limit;
+mod reporting;
 mod retries;
 mod ssrf;
 mod webhooks;

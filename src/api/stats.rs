@@ -1,0 +1,104 @@
+//! GET /stats and /webhooks/{id}/stats: the reporting figures as JSON.
+use actix_web::{HttpResponse, web};
+use chrono::Utc;
+use serde::Deserialize;
+
+use super::ApiState;
+use super::error::ApiError;
+use super::webhooks::parse_id;
+use crate::reporting::{Stats, store};
+use crate::webhooks;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct WindowQuery {
+    /// `<n>m`, `<n>h` or `<n>d`, from 1m to 90d (default `24h`).
+    pub window: Option<String>,
+}
+
+/// Parses `15m`, `24h`, `7d` into a duration (1 minute to 90 days).
+pub fn parse_window(raw: &str) -> Option<chrono::Duration> {
+    let (n, unit) = raw.split_at(raw.len().checked_sub(1)?);
+    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
+    let d = match unit {
+        "m" => chrono::Duration::minutes(n),
+        "h" => chrono::Duration::hours(n),
+        "d" => chrono::Duration::days(n),
+        _ => return None,
+    };
+    (d <= chrono::Duration::days(90)).then_some(d)
+}
+
+async fn stats(
+    state: &ApiState,
+    window: Option<String>,
+    only: Option<&str>,
+) -> Result<Stats, ApiError> {
+    let window = window.unwrap_or_else(|| "24h".into());
+    let span = parse_window(&window).ok_or_else(|| {
+        ApiError::Validation("window: must look like 15m, 24h or 7d (1m to 90d)".into())
+    })?;
+    let now = Utc::now();
+    let since = now - span;
+    let pool = &state.pool;
+    let (totals, backlog, webhooks, hourly, failure_reasons, recent_failures) = tokio::try_join!(
+        store::totals(pool, since, only),
+        store::backlog(pool),
+        store::health(pool, since, only),
+        store::hourly(pool, since, only),
+        store::failure_reasons(pool, since, only),
+        store::recent_failures(pool, since, only),
+    )?;
+    Ok(Stats {
+        window,
+        since,
+        generated_at: now,
+        totals,
+        backlog,
+        webhooks,
+        hourly,
+        failure_reasons,
+        recent_failures,
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/stats", tag = "reporting", params(WindowQuery),
+    responses((status = 200, body = Stats), (status = 400, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn all(
+    state: web::Data<ApiState>,
+    query: web::Query<WindowQuery>,
+) -> Result<HttpResponse, ApiError> {
+    Ok(HttpResponse::Ok().json(stats(&state, query.into_inner().window, None).await?))
+}
+
+/// The same figures for one webhook (`backlog` stays service-wide).
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/stats", tag = "reporting", params(WindowQuery),
+    responses((status = 200, body = Stats), (status = 404, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn one(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    query: web::Query<WindowQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    webhooks::store::get(&state.pool, id.as_str())
+        .await?
+        .ok_or(ApiError::NotFound("webhook"))?;
+    Ok(HttpResponse::Ok().json(stats(&state, query.into_inner().window, Some(id.as_str())).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_window;
+
+    #[test]
+    fn windows_parse_within_bounds() {
+        assert_eq!(parse_window("24h"), Some(chrono::Duration::hours(24)));
+        assert_eq!(parse_window("7d"), Some(chrono::Duration::days(7)));
+        assert_eq!(parse_window("15m"), Some(chrono::Duration::minutes(15)));
+        for bad in ["", "h", "0h", "-1h", "91d", "24", "1w", "1.5h", "ééh"] {
+            assert_eq!(parse_window(bad), None, "{bad}");
+        }
+    }
+}
