@@ -1,0 +1,69 @@
+//! The dashboard in a real browser: Debian's headless Chromium, driven by
+//! playwright-core (tests/browser/dashboard.mjs), against the running service
+//! with deliveries that really happened. Saves tests/artifacts/dashboard.png.
+#[path = "api/helpers.rs"]
+#[allow(dead_code)]
+mod helpers;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::json;
+use sqlx::PgPool;
+
+use helpers::{KEY, Receiver, Reply, TestApp};
+
+#[sqlx::test]
+async fn the_dashboard_shows_the_seeded_webhooks_in_chromium(pool: PgPool) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core").exists(),
+        "run `npm ci --prefix tests/browser` (and `apt-get install chromium`) first; .ci/run does both"
+    );
+    let ok = Receiver::start().await;
+    let broken = Receiver::start().await;
+    broken.always(Reply::status(500));
+    let app = TestApp::spawn_with(pool, |c| c.webhook_max_attempts = 1).await;
+    let pools = app.create_webhook(&ok.url, &["pool.*"]).await["id"].as_str().unwrap().to_owned();
+    let everything = app.create_webhook(&broken.url, &["*"]).await["id"].as_str().unwrap().to_owned();
+    let prices = app.create_webhook(&format!("{}/prices", ok.url), &["price.alert"]).await["id"].as_str().unwrap().to_owned();
+    for i in 0..4 {
+        app.publish_sql("pool.created", json!({"pool": i}), None).await;
+    }
+    for i in 0..2 {
+        app.publish_sql("price.alert", json!({"alert": i}), None).await;
+    }
+    let done = |n: usize| move |l: &[serde_json::Value]| l.len() == n && l.iter().all(|d| d["status"] != "pending");
+    app.wait_deliveries(&pools, Duration::from_secs(10), done(4)).await;
+    app.wait_deliveries(&everything, Duration::from_secs(10), done(6)).await;
+    app.wait_deliveries(&prices, Duration::from_secs(10), done(2)).await;
+
+    // Worked out by hand: the broken endpoint failed all 6 (one attempt each),
+    // the two healthy ones succeeded every time. Failing first, then by URL.
+    let expected = json!({
+        "order": [everything, pools, prices],
+        "webhooks": [
+            {"id": everything, "deliveries": 6, "success": 0, "pending": 0, "failed": 6, "success_rate": "0.0%", "consecutive_failures": 6},
+            {"id": pools, "deliveries": 4, "success": 4, "pending": 0, "failed": 0, "success_rate": "100.0%", "consecutive_failures": 0},
+            {"id": prices, "deliveries": 2, "success": 2, "pending": 0, "failed": 0, "success_rate": "100.0%", "consecutive_failures": 0},
+        ]
+    });
+    let artifacts = root.join("tests/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let expected_path = artifacts.join("dashboard-expected.json");
+    std::fs::write(&expected_path, expected.to_string()).unwrap();
+    let screenshot = artifacts.join("dashboard.png");
+    let out = tokio::process::Command::new("node")
+        .current_dir(root.join("tests/browser"))
+        .arg("dashboard.mjs")
+        .arg(&app.address)
+        .arg(KEY)
+        .arg(&expected_path)
+        .arg(&screenshot)
+        .output()
+        .await
+        .expect("node runs");
+    println!("{}", String::from_utf8_lossy(&out.stdout));
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(screenshot.exists());
+}
