@@ -17,26 +17,45 @@ use helpers::{KEY, Receiver, Reply, TestApp};
 async fn the_dashboard_shows_the_seeded_webhooks_in_chromium(pool: PgPool) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     assert!(
-        root.join("tests/browser/node_modules/playwright-core").exists(),
+        root.join("tests/browser/node_modules/playwright-core")
+            .exists(),
         "run `npm ci --prefix tests/browser` (and `apt-get install chromium`) first; .ci/run does both"
     );
     let ok = Receiver::start().await;
     let broken = Receiver::start().await;
     broken.always(Reply::status(500));
     let app = TestApp::spawn_with(pool, |c| c.webhook_max_attempts = 1).await;
-    let pools = app.create_webhook(&ok.url, &["pool.*"]).await["id"].as_str().unwrap().to_owned();
-    let everything = app.create_webhook(&broken.url, &["*"]).await["id"].as_str().unwrap().to_owned();
-    let prices = app.create_webhook(&format!("{}/prices", ok.url), &["price.alert"]).await["id"].as_str().unwrap().to_owned();
+    let pools = app.create_webhook(&ok.url, &["pool.*"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let everything = app.create_webhook(&broken.url, &["*"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let prices = app
+        .create_webhook(&format!("{}/prices", ok.url), &["price.alert"])
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     for i in 0..4 {
-        app.publish_sql("pool.created", json!({"pool": i}), None).await;
+        app.publish_sql("pool.created", json!({"pool": i}), None)
+            .await;
     }
     for i in 0..2 {
-        app.publish_sql("price.alert", json!({"alert": i}), None).await;
+        app.publish_sql("price.alert", json!({"alert": i}), None)
+            .await;
     }
-    let done = |n: usize| move |l: &[serde_json::Value]| l.len() == n && l.iter().all(|d| d["status"] != "pending");
-    app.wait_deliveries(&pools, Duration::from_secs(10), done(4)).await;
-    app.wait_deliveries(&everything, Duration::from_secs(10), done(6)).await;
-    app.wait_deliveries(&prices, Duration::from_secs(10), done(2)).await;
+    let done = |n: usize| {
+        move |l: &[serde_json::Value]| l.len() == n && l.iter().all(|d| d["status"] != "pending")
+    };
+    app.wait_deliveries(&pools, Duration::from_secs(10), done(4))
+        .await;
+    app.wait_deliveries(&everything, Duration::from_secs(10), done(6))
+        .await;
+    app.wait_deliveries(&prices, Duration::from_secs(10), done(2))
+        .await;
 
     // Worked out by hand: the broken endpoint failed all 6 (one attempt each),
     // the two healthy ones succeeded every time. Failing first, then by URL.
@@ -64,6 +83,11 @@ async fn the_dashboard_shows_the_seeded_webhooks_in_chromium(pool: PgPool) {
         .await
         .expect("node runs");
     println!("{}", String::from_utf8_lossy(&out.stdout));
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(screenshot.exists());
 }

@@ -61,6 +61,14 @@ pub struct TestApp {
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// Stops the app when a test ends without calling `stop`, so its database
+/// sessions close and sqlx::test can drop the test database at once.
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
 impl TestApp {
     pub async fn spawn(pool: PgPool) -> Self {
         Self::spawn_with(pool, |_| {}).await

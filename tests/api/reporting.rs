@@ -222,7 +222,8 @@ fn ts(value: &Value) -> DateTime<Utc> {
 /// Calls /api/v1/stats on the handlers alone (no delivery loop may touch the
 /// seeded rows), through the real route table.
 async fn get_stats(pool: &PgPool, path: &str) -> (u16, Value) {
-    let state = startup::api_state(&test_config(pool), pool, KEY).unwrap();
+    let metrics = std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new());
+    let state = startup::api_state(&test_config(pool), pool, KEY, metrics).unwrap();
     let app = atest::init_service(App::new().app_data(state).configure(api::configure)).await;
     let request = atest::TestRequest::get()
         .uri(path)

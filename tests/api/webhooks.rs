@@ -487,10 +487,14 @@ async fn the_catalogue_health_and_openapi_are_served(pool: PgPool) {
     }
 }
 
-#[sqlx::test]
-async fn health_is_503_when_the_database_is_unreachable(pool: PgPool) {
-    let app = TestApp::spawn(pool.clone()).await;
-    pool.close().await;
+#[tokio::test]
+async fn health_is_503_when_the_database_is_unreachable() {
+    // Nothing listens on port 1: every connection attempt is refused.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(std::time::Duration::from_secs(1))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/unreachable")
+        .unwrap();
+    let app = TestApp::spawn(pool).await;
     let health = app.client.get(app.url("/health")).send().await.unwrap();
     assert_eq!(health.status(), 503);
     let body: Value = health.json().await.unwrap();

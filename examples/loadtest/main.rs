@@ -1,0 +1,197 @@
+//! The load-test harness: `cargo run --release --example loadtest -- <scenario>`
+//! with scenario one of throughput, fanout, wide, steady, backlog, failing,
+//! reporting, all (the six of the performance issue plus reporting), or smoke
+//! (a few seconds of each, for CI).
+//!
+//! It starts a fast loopback receiver, a fresh database per scenario, and the
+//! real service binary; registers webhooks through the API; publishes through
+//! `webhook_publish` like the indexer; and prints a table plus one JSON line
+//! per scenario. Every rate is also given as a ratio to the ceiling: the same
+//! receiver driven by a plain keep-alive client with the same body size and
+//! concurrency, measured in the same run.
+mod receiver;
+mod scenarios;
+mod service;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::json;
+
+use receiver::Tally;
+
+pub struct Ctx {
+    pub server_url: String,
+    pub bin: String,
+    pub client: reqwest::Client,
+    pub tally: Arc<Tally>,
+    pub receiver: String,
+    pub ceiling: f64,
+    pub smoke: bool,
+    pub throughput_rate: Option<f64>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct Report {
+    pub scenario: String,
+    pub deliveries: u64,
+    pub seconds: f64,
+    pub rate: f64,
+    pub ceiling: f64,
+    pub ratio: f64,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub peak_rss_mb: Option<f64>,
+    pub cpu_s_per_1k: Option<f64>,
+    pub note: String,
+}
+
+/// A delivery body of the size the service sends for our events.
+pub fn sample_body() -> String {
+    json!({
+        "event": "pool.created",
+        "event_id": "evt_00000000000000000000000000000000",
+        "occurred_at": "2026-06-25T12:00:00.000Z",
+        "data": {"i": 1, "pad": scenarios::PAD},
+    })
+    .to_string()
+}
+
+/// The ceiling: the receiver driven by a plain keep-alive client.
+async fn measure_ceiling(
+    client: &reqwest::Client,
+    url: &str,
+    total: usize,
+    concurrency: usize,
+) -> f64 {
+    let body = sample_body();
+    let started = Instant::now();
+    futures_util::stream::iter(0..total)
+        .map(|_| {
+            let request = client
+                .post(url)
+                .header("content-type", "application/json")
+                .body(body.clone());
+            async move {
+                request
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false)
+            }
+        })
+        .buffer_unordered(concurrency)
+        .for_each(|_| async {})
+        .await;
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+pub async fn wait_ok(tally: &Tally, expected: u64, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while tally.ok.load(std::sync::atomic::Ordering::Relaxed) < expected {
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
+}
+
+fn print_row(r: &Report) {
+    let opt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
+    println!(
+        "| {:<10} | {:>9} | {:>8.2} | {:>9.0} | {:>6.3} | {:>6} | {:>6} | {:>6} | {:>7} | {:>7} | {}",
+        r.scenario,
+        r.deliveries,
+        r.seconds,
+        r.rate,
+        r.ratio,
+        opt(r.p50_ms),
+        opt(r.p95_ms),
+        opt(r.p99_ms),
+        opt(r.peak_rss_mb),
+        r.cpu_s_per_1k
+            .map(|v| format!("{v:.3}"))
+            .unwrap_or_else(|| "-".into()),
+        r.note
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let smoke = scenario == "smoke";
+    let server_url = std::env::var("LOADTEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let bin = service::binary();
+    let tally = Arc::new(Tally::default());
+    let receiver = receiver::start(tally.clone());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+
+    let concurrency = 64;
+    let ceiling_total = if smoke { 2_000 } else { 50_000 };
+    measure_ceiling(
+        &client,
+        &format!("{receiver}/ok/warmup"),
+        ceiling_total / 10,
+        concurrency,
+    )
+    .await;
+    let ceiling = measure_ceiling(
+        &client,
+        &format!("{receiver}/ok/ceiling"),
+        ceiling_total,
+        concurrency,
+    )
+    .await;
+    tally.reset();
+    println!(
+        "ceiling: {ceiling:.0} POST/s (plain keep-alive client, concurrency {concurrency}, {} B bodies)",
+        sample_body().len()
+    );
+    println!(
+        "| scenario   | delivered |  seconds |    per s  |  ratio | p50 ms | p95 ms | p99 ms | RSS MB | CPU s/1k | note"
+    );
+    println!(
+        "|------------|-----------|----------|-----------|--------|--------|--------|--------|---------|---------|-----"
+    );
+
+    let mut ctx = Ctx {
+        server_url,
+        bin,
+        client,
+        tally,
+        receiver,
+        ceiling,
+        smoke,
+        throughput_rate: None,
+    };
+    let names: Vec<&str> = match scenario.as_str() {
+        "all" | "smoke" => vec![
+            "throughput",
+            "fanout",
+            "wide",
+            "steady",
+            "backlog",
+            "failing",
+            "reporting",
+        ],
+        one => vec![one],
+    };
+    let mut reports = vec![];
+    for name in names {
+        let report = scenarios::run(&mut ctx, name).await?;
+        print_row(&report);
+        reports.push(report);
+    }
+    println!();
+    for r in &reports {
+        println!("{}", serde_json::to_string(r)?);
+    }
+    Ok(())
+}

@@ -1,0 +1,545 @@
+//! The scenarios. Each gets a fresh database and (except backlog and
+//! reporting, which measure SQL alone) a fresh service process.
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use sqlx::{Connection, Executor, PgPool};
+
+use crate::service::Service;
+use crate::{Ctx, Report, wait_ok};
+
+/// Padding in each event's data, for a realistic body (about 300 bytes).
+pub const PAD: &str = "0x5f3759df0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
+
+struct Db {
+    name: String,
+    server_url: String,
+    url: String,
+    pool: PgPool,
+}
+
+impl Db {
+    async fn fresh(ctx: &Ctx, scenario: &str) -> anyhow::Result<Self> {
+        let name = format!("loadtest_{scenario}_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&ctx.server_url).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+            )))
+            .await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .await?;
+        let url = match ctx.server_url.rsplit_once('/') {
+            Some((server, _)) => format!("{server}/{name}"),
+            None => anyhow::bail!("LOADTEST_DATABASE_URL must name a database"),
+        };
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&url)
+            .await?;
+        smartdrop_webhooks::db::MIGRATOR.run(&pool).await?;
+        Ok(Self {
+            name,
+            server_url: ctx.server_url.clone(),
+            url,
+            pool,
+        })
+    }
+
+    async fn drop_it(self) -> anyhow::Result<()> {
+        self.pool.close().await;
+        let mut admin = sqlx::PgConnection::connect(&self.server_url).await?;
+        admin
+            .execute(sqlx::AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            )))
+            .await?;
+        Ok(())
+    }
+}
+
+/// Publishes events `from..to` in one transaction, as an indexer batch would.
+async fn publish_batch(pool: &PgPool, from: i64, to: i64) -> anyhow::Result<()> {
+    sqlx::query("SELECT count(webhook_publish('pool.created', jsonb_build_object('i', g, 'pad', $3::text))) FROM generate_series($1, $2) g")
+        .bind(from)
+        .bind(to)
+        .bind(PAD)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+async fn publish_in_batches(pool: &PgPool, total: i64, batch: i64) -> anyhow::Result<()> {
+    let mut from = 1;
+    while from <= total {
+        let to = (from + batch - 1).min(total);
+        publish_batch(pool, from, to).await?;
+        from = to + 1;
+    }
+    Ok(())
+}
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            (
+                Box::leak(k.to_string().into_boxed_str()) as &'static str,
+                v.to_string(),
+            )
+        })
+        .collect()
+}
+
+fn finish(
+    ctx: &Ctx,
+    name: &str,
+    delivered: u64,
+    seconds: f64,
+    service: &Service,
+    note: String,
+) -> Report {
+    let rate = delivered as f64 / seconds;
+    Report {
+        scenario: name.into(),
+        deliveries: delivered,
+        seconds,
+        rate,
+        ceiling: ctx.ceiling,
+        ratio: rate / ctx.ceiling,
+        peak_rss_mb: Some(service.peak_rss_mb()),
+        cpu_s_per_1k: Some(service.cpu_since_start() / (delivered.max(1) as f64 / 1000.0)),
+        note,
+        ..Default::default()
+    }
+}
+
+fn elapsed_to_last(ctx: &Ctx, started: Instant) -> f64 {
+    let last = ctx
+        .tally
+        .last_ok
+        .lock()
+        .unwrap()
+        .unwrap_or_else(Instant::now);
+    last.saturating_duration_since(started).as_secs_f64()
+}
+
+pub async fn run(ctx: &mut Ctx, name: &str) -> anyhow::Result<Report> {
+    ctx.tally.reset();
+    match name {
+        "throughput" => throughput(ctx).await,
+        "fanout" => fanout(ctx).await,
+        "wide" => wide(ctx).await,
+        "steady" => steady(ctx).await,
+        "backlog" => backlog(ctx).await,
+        "failing" => failing(ctx).await,
+        "reporting" => reporting(ctx).await,
+        other => anyhow::bail!("unknown scenario {other}"),
+    }
+}
+
+/// 1 webhook, 50,000 events published in batches of 500.
+async fn throughput(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let total: i64 = if ctx.smoke { 2_000 } else { 50_000 };
+    let db = Db::fresh(ctx, "throughput").await?;
+    let service = Service::start(&ctx.bin, &db.url, &[]).await;
+    service
+        .register(&ctx.client, &format!("{}/ok/0", ctx.receiver))
+        .await;
+    let started = Instant::now();
+    publish_in_batches(&db.pool, total, 500).await?;
+    let complete = wait_ok(&ctx.tally, total as u64, Duration::from_secs(300)).await;
+    let seconds = elapsed_to_last(ctx, started);
+    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
+    let report = finish(
+        ctx,
+        "throughput",
+        delivered,
+        seconds,
+        &service,
+        if complete {
+            String::new()
+        } else {
+            "INCOMPLETE".into()
+        },
+    );
+    ctx.throughput_rate = Some(report.rate);
+    service.stop();
+    db.drop_it().await?;
+    Ok(report)
+}
+
+/// 100 webhooks × 1,000 events.
+async fn fanout(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let (hooks, events) = if ctx.smoke { (10, 200) } else { (100, 1_000) };
+    let db = Db::fresh(ctx, "fanout").await?;
+    let service = Service::start(&ctx.bin, &db.url, &[]).await;
+    for i in 0..hooks {
+        service
+            .register(&ctx.client, &format!("{}/ok/{i}", ctx.receiver))
+            .await;
+    }
+    let started = Instant::now();
+    publish_in_batches(&db.pool, events, 500).await?;
+    let expected = (hooks * events) as u64;
+    let complete = wait_ok(&ctx.tally, expected, Duration::from_secs(300)).await;
+    let seconds = elapsed_to_last(ctx, started);
+    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
+    let note = format!(
+        "{hooks} webhooks × {events} events{}",
+        if complete { "" } else { " INCOMPLETE" }
+    );
+    let report = finish(ctx, "fanout", delivered, seconds, &service, note);
+    service.stop();
+    db.drop_it().await?;
+    Ok(report)
+}
+
+/// One event to 10,000 webhooks: time until all arrived.
+async fn wide(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let hooks: usize = if ctx.smoke { 200 } else { 10_000 };
+    let db = Db::fresh(ctx, "wide").await?;
+    let service = Service::start(&ctx.bin, &db.url, &[]).await;
+    let client = ctx.client.clone();
+    let receiver = ctx.receiver.clone();
+    futures_util::stream::iter(0..hooks)
+        .map(|i| {
+            let (service, client, url) = (&service, &client, format!("{receiver}/ok/{i}"));
+            async move { service.register(client, &url).await }
+        })
+        .buffer_unordered(16)
+        .for_each(|_| async {})
+        .await;
+    let started = Instant::now();
+    publish_batch(&db.pool, 1, 1).await?;
+    let complete = wait_ok(&ctx.tally, hooks as u64, Duration::from_secs(120)).await;
+    let seconds = elapsed_to_last(ctx, started);
+    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
+    let note = format!(
+        "1 event → {hooks} webhooks: all arrived in {:.2} s{}",
+        seconds,
+        if complete { "" } else { " INCOMPLETE" }
+    );
+    let report = finish(ctx, "wide", delivered, seconds, &service, note);
+    service.stop();
+    db.drop_it().await?;
+    Ok(report)
+}
+
+/// 500 events/s for 30 s, one event per transaction: commit → arrival latency.
+async fn steady(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let (per_second, seconds) = if ctx.smoke { (100u64, 2u64) } else { (500, 30) };
+    let total = per_second * seconds;
+    let db = Db::fresh(ctx, "steady").await?;
+    let service = Service::start(&ctx.bin, &db.url, &[]).await;
+    service
+        .register(&ctx.client, &format!("{}/ok/0", ctx.receiver))
+        .await;
+    ctx.tally.track.store(true, Ordering::SeqCst);
+    let mut conn = db.pool.acquire().await?;
+    let mut committed: HashMap<String, Instant> = HashMap::with_capacity(total as usize);
+    let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / per_second));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let started = Instant::now();
+    for i in 0..total {
+        tick.tick().await;
+        let id = format!("steady-{i}");
+        // One statement outside a transaction block: its own transaction.
+        sqlx::query("SELECT webhook_publish('pool.created', jsonb_build_object('i', $2::bigint, 'pad', $3::text), $1)")
+            .bind(&id)
+            .bind(i as i64)
+            .bind(PAD)
+            .execute(&mut *conn)
+            .await?;
+        committed.insert(id, Instant::now());
+    }
+    let publish_secs = started.elapsed().as_secs_f64();
+    let complete = wait_ok(&ctx.tally, total, Duration::from_secs(60)).await;
+    ctx.tally.track.store(false, Ordering::SeqCst);
+    let arrivals = ctx.tally.arrivals.lock().unwrap().clone();
+    let mut latencies: Vec<f64> = committed
+        .iter()
+        .filter_map(|(id, at)| {
+            arrivals
+                .get(id)
+                .map(|a| a.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+        })
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+    };
+    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
+    let note = format!(
+        "{per_second}/s for {seconds} s (published in {publish_secs:.1} s){}",
+        if complete { "" } else { " INCOMPLETE" }
+    );
+    let mut report = finish(ctx, "steady", delivered, publish_secs, &service, note);
+    report.p50_ms = pct(0.50);
+    report.p95_ms = pct(0.95);
+    report.p99_ms = pct(0.99);
+    drop(conn);
+    service.stop();
+    db.drop_it().await?;
+    Ok(report)
+}
+
+async fn median_claim_ms(pool: &PgPool, claims: usize) -> anyhow::Result<f64> {
+    let mut times = vec![];
+    for _ in 0..claims {
+        let t = Instant::now();
+        let got = smartdrop_webhooks::queue::store::claim_due(pool, 25, 60_000).await?;
+        times.push(t.elapsed().as_secs_f64() * 1000.0);
+        anyhow::ensure!(got.len() == 25, "claim returned {} rows", got.len());
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
+const CLAIM_SQL: &str = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
+WITH due AS (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_retry_at <= now()
+             ORDER BY next_retry_at LIMIT 25 FOR UPDATE SKIP LOCKED)
+UPDATE webhook_deliveries d SET next_retry_at = now() + interval '1 minute', lease_token = gen_random_uuid()
+FROM due, webhooks w WHERE d.id = due.id AND w.id = d.webhook_id
+RETURNING d.id";
+
+async fn explain(pool: &PgPool, sql: &str) -> anyhow::Result<String> {
+    let mut tx = pool.begin().await?;
+    let rows: Vec<(String,)> = sqlx::query_as(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_all(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    Ok(rows.into_iter().map(|r| r.0).collect::<Vec<_>>().join("\n"))
+}
+
+async fn insert_due(pool: &PgPool, webhook: &str, from: i64, to: i64) -> anyhow::Result<()> {
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, next_retry_at)
+         SELECT $1, 'bk-' || g, 'pool.created', '{}', now() - interval '1 hour' + g * interval '1 microsecond'
+         FROM generate_series($2::bigint, $3::bigint) g",
+    )
+    .bind(webhook)
+    .bind(from)
+    .bind(to)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Claim-batch latency with an empty queue, with 1,000,000 due deliveries,
+/// and after the backlog drained (dead index entries, before vacuum).
+async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let big: i64 = if ctx.smoke { 20_000 } else { 1_000_000 };
+    let db = Db::fresh(ctx, "backlog").await?;
+    let webhook: String = sqlx::query_scalar(
+        "INSERT INTO webhooks (url, events, secret) VALUES ('http://127.0.0.1:9/x', '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    insert_due(&db.pool, &webhook, 1, 1_000).await?;
+    sqlx::query("ANALYZE webhook_deliveries")
+        .execute(&db.pool)
+        .await?;
+    let empty = median_claim_ms(&db.pool, 39).await?;
+    sqlx::query("DELETE FROM webhook_deliveries")
+        .execute(&db.pool)
+        .await?;
+    let started = Instant::now();
+    for chunk in (0..big).step_by(100_000) {
+        insert_due(&db.pool, &webhook, chunk + 1, (chunk + 100_000).min(big)).await?;
+    }
+    sqlx::query("VACUUM ANALYZE webhook_deliveries")
+        .execute(&db.pool)
+        .await?;
+    let fill_secs = started.elapsed().as_secs_f64();
+    let full = median_claim_ms(&db.pool, 40).await?;
+    let plan = explain(&db.pool, CLAIM_SQL).await?;
+    // Drain all but 2,000 (as workers would), then claim from the tail.
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = 'success'
+         WHERE id NOT IN (SELECT id FROM webhook_deliveries WHERE status = 'pending' ORDER BY next_retry_at DESC LIMIT 2000)",
+    )
+    .execute(&db.pool)
+    .await?;
+    let drained = median_claim_ms(&db.pool, 40).await?;
+    let drained_plan = explain(&db.pool, CLAIM_SQL).await?;
+    std::fs::create_dir_all("target/loadtest")?;
+    std::fs::write(
+        "target/loadtest/claim-explain.txt",
+        format!(
+            "-- {big} due rows\n{plan}\n\n-- after draining all but 2,000 (before vacuum)\n{drained_plan}\n"
+        ),
+    )?;
+    println!("claim EXPLAIN with {big} due rows:\n{plan}");
+    let note = format!(
+        "claim of 25: empty {empty:.2} ms, {big} due {full:.2} ms ({:.2}×), drained {drained:.2} ms ({:.2}×); filled in {fill_secs:.0} s",
+        full / empty,
+        drained / empty
+    );
+    db.drop_it().await?;
+    Ok(Report {
+        scenario: "backlog".into(),
+        deliveries: big as u64,
+        ceiling: ctx.ceiling,
+        p50_ms: Some(full),
+        note,
+        ..Default::default()
+    })
+}
+
+/// Half the webhooks answer 500: the healthy half's rate against scenario 1.
+async fn failing(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let (hooks, events) = if ctx.smoke { (4, 200) } else { (10, 5_000) };
+    let db = Db::fresh(ctx, "failing").await?;
+    let settings = env(&[
+        ("WEBHOOK_MAX_ATTEMPTS", "5"),
+        ("WEBHOOK_RETRY_BASE_MS", "100"),
+        ("WEBHOOK_RETRY_POLL_MS", "100"),
+    ]);
+    let service = Service::start(&ctx.bin, &db.url, &settings).await;
+    for i in 0..hooks {
+        let kind = if i % 2 == 0 { "ok" } else { "fail" };
+        service
+            .register(&ctx.client, &format!("{}/{kind}/{i}", ctx.receiver))
+            .await;
+    }
+    let started = Instant::now();
+    publish_in_batches(&db.pool, events, 500).await?;
+    let healthy = (hooks / 2 * events) as u64;
+    let complete = wait_ok(&ctx.tally, healthy, Duration::from_secs(300)).await;
+    let seconds = elapsed_to_last(ctx, started);
+    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
+    let failed = ctx.tally.failed.load(Ordering::Relaxed);
+    let mut report = finish(ctx, "failing", delivered, seconds, &service, String::new());
+    let vs = ctx.throughput_rate.map(|t| report.rate / t);
+    report.note = format!(
+        "healthy half {:.0}/s while {failed} failing attempts were made{}{}",
+        report.rate,
+        vs.map(|v| format!("; {:.0}% of the throughput scenario's rate", v * 100.0))
+            .unwrap_or_default(),
+        if complete { "" } else { " INCOMPLETE" }
+    );
+    service.stop();
+    db.drop_it().await?;
+    Ok(report)
+}
+
+/// 1,000,000 deliveries over 1,000 webhooks and 7 days: each reporting query timed.
+async fn reporting(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let total: i64 = if ctx.smoke { 10_000 } else { 1_000_000 };
+    let db = Db::fresh(ctx, "reporting").await?;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO webhooks (id, url, events, secret)
+         SELECT 'wh_' || lpad(to_hex(g), 32, '0'), 'https://hook' || g || '.example/x', '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
+         FROM generate_series(1, 1000) g",
+    )
+    .execute(&db.pool)
+    .await?;
+    for chunk in (0..total).step_by(100_000) {
+        let (from, to) = (chunk + 1, (chunk + 100_000).min(total));
+        // 90 % success (1 or 2 attempts), 5 % failed (3 attempts), 5 % pending (1 attempt).
+        sqlx::query(
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, status, attempts, created_at, last_attempt_at, next_retry_at)
+             SELECT 'dlv_' || lpad(to_hex(g), 32, '0'), 'wh_' || lpad(to_hex(1 + g % 1000), 32, '0'), 'e' || g, 'pool.created', '{}',
+                    CASE WHEN g % 20 = 0 THEN 'failed' WHEN g % 20 = 1 THEN 'pending' ELSE 'success' END,
+                    CASE WHEN g % 20 = 0 THEN 3 WHEN g % 10 = 2 THEN 2 ELSE 1 END,
+                    now() - (g % 604800) * interval '1 second', now() - (g % 604800) * interval '1 second',
+                    now() + interval '1 hour'
+             FROM generate_series($1::bigint, $2::bigint) g",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&db.pool)
+        .await?;
+        sqlx::query(
+            "INSERT INTO webhook_delivery_attempts (delivery_id, webhook_id, attempt, started_at, duration_ms, response_status, error_kind, error)
+             SELECT d.id, d.webhook_id, n, d.created_at + n * interval '1 second', 5 + (hashtext(d.id) & 255),
+                    CASE WHEN d.status = 'success' AND n = d.attempts THEN 200
+                         WHEN hashtext(d.id) % 3 = 0 THEN NULL ELSE 500 END,
+                    CASE WHEN d.status = 'success' AND n = d.attempts THEN NULL
+                         WHEN hashtext(d.id) % 3 = 0 THEN 'timeout' ELSE 'http_status' END,
+                    CASE WHEN d.status = 'success' AND n = d.attempts THEN NULL ELSE 'seeded failure' END
+             FROM webhook_deliveries d, generate_series(1, d.attempts) n
+             WHERE d.id BETWEEN 'dlv_' || lpad(to_hex($1::bigint), 32, '0') AND 'dlv_' || lpad(to_hex($2::bigint), 32, '0')",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&db.pool)
+        .await?;
+    }
+    sqlx::query("VACUUM ANALYZE").execute(&db.pool).await?;
+    let seed_secs = started.elapsed().as_secs_f64();
+    let queries = [
+        (
+            "health 24h",
+            "SELECT * FROM webhook_health(now() - interval '24 hours')",
+        ),
+        (
+            "health 7d",
+            "SELECT * FROM webhook_health(now() - interval '7 days')",
+        ),
+        (
+            "health 7d, one webhook",
+            "SELECT * FROM webhook_health(now() - interval '7 days', 'wh_00000000000000000000000000000007')",
+        ),
+        (
+            "totals 24h",
+            "SELECT * FROM webhook_delivery_totals(now() - interval '24 hours')",
+        ),
+        (
+            "totals 7d",
+            "SELECT * FROM webhook_delivery_totals(now() - interval '7 days')",
+        ),
+        (
+            "volume 7d",
+            "SELECT * FROM webhook_delivery_volume(now() - interval '7 days')",
+        ),
+        (
+            "failure reasons 7d",
+            "SELECT * FROM webhook_failure_reasons(now() - interval '7 days')",
+        ),
+        (
+            "recent failures",
+            "SELECT * FROM webhook_recent_failures(now() - interval '7 days')",
+        ),
+        ("due backlog", "SELECT * FROM webhook_due_backlog"),
+    ];
+    let mut timings = vec![];
+    let mut plans = String::new();
+    for (label, sql) in queries {
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&db.pool)
+            .await?; // warm
+        let t = Instant::now();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_all(&db.pool)
+            .await?;
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        timings.push(format!("{label} {ms:.0} ms"));
+        let plan = explain(&db.pool, &format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")).await?;
+        plans.push_str(&format!("-- {label}: {ms:.1} ms\n{sql};\n{plan}\n\n"));
+    }
+    std::fs::create_dir_all("target/loadtest")?;
+    std::fs::write("target/loadtest/reporting-explain.txt", &plans)?;
+    let attempts: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_delivery_attempts")
+        .fetch_one(&db.pool)
+        .await?;
+    db.drop_it().await?;
+    Ok(Report {
+        scenario: "reporting".into(),
+        deliveries: total as u64,
+        ceiling: ctx.ceiling,
+        note: format!(
+            "{attempts} attempts, seeded in {seed_secs:.0} s; {}",
+            timings.join(", ")
+        ),
+        ..Default::default()
+    })
+}
