@@ -17,7 +17,7 @@ use crate::api::guard::AdminKey;
 use crate::api::rate_limit::IpLimiter;
 use crate::api::{self, ApiState, RateLimits};
 use crate::config::Config;
-use crate::delivery::Deliverer;
+use crate::delivery::{Deliverer, completer};
 use crate::delivery::sender::Sender;
 use crate::delivery::worker::{Worker, WorkerConfig};
 use crate::fanout::FanoutContext;
@@ -96,6 +96,8 @@ impl Application {
             metrics: self.metrics.clone(),
         };
         tracker.spawn(fanout::run(fanout, shutdown.clone()));
+        let (completed, finished) = completer::channel();
+        tracker.spawn(completer::run(self.pool.clone(), self.metrics.clone(), finished));
         let worker = Worker::new(
             self.pool.clone(),
             self.deliverer.clone(),
@@ -108,6 +110,7 @@ impl Application {
             },
             wakeups.deliveries.clone(),
             self.metrics.clone(),
+            completed,
         );
         tracker.spawn(worker.run(shutdown.clone()));
         tracker.spawn(maintenance::run(

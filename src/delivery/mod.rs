@@ -1,11 +1,13 @@
 //! Stages 4 and 5: sign, send, classify, record. Both the worker and the API
 //! (`/test`, manual retry) deliver through `Deliverer::deliver`.
 //! Depends on `queue` (claims and the fenced finish) and `domain`.
+pub mod completer;
 pub mod outcome;
 pub mod sender;
 pub mod signing;
 pub mod worker;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -16,7 +18,7 @@ use sqlx::PgPool;
 use crate::domain::secret::WebhookSecret;
 use crate::metrics::Metrics;
 use crate::queue::retry::RetryPolicy;
-use crate::queue::{self, AttemptRecord, Claimed, NextState};
+use crate::queue::{self, AttemptRecord, Claimed, Finished, NextState};
 use outcome::Outcome;
 use sender::{Request, Sender};
 
@@ -38,18 +40,21 @@ impl Deliverer {
         }
     }
 
-    /// Sends one claimed delivery and records the attempt. `Err` means the
-    /// database write failed (the lease then expires and the delivery is sent
-    /// again); a receiver's failure is an `Ok(Outcome)`.
+    /// Sends one claimed delivery and records the attempt at once (the API's
+    /// `/test` and manual retry, which answer with the recorded result). `Err`
+    /// means the database write failed (the lease then expires and the
+    /// delivery is sent again); a receiver's failure is an `Ok(Outcome)`.
     pub async fn deliver(&self, claimed: Claimed) -> anyhow::Result<Outcome> {
+        let (outcome, finished) = self.attempt(&claimed).await;
+        record(&self.pool, &self.metrics, &[finished]).await?;
+        Ok(outcome)
+    }
+
+    /// Signs, sends and classifies one attempt, without touching the database.
+    pub async fn attempt(&self, claimed: &Claimed) -> (Outcome, Finished) {
         let started_at = Utc::now();
         let secret = WebhookSecret::from_stored(claimed.secret.clone());
-        let signatures = signing::sign(
-            &secret,
-            &claimed.id,
-            started_at.timestamp(),
-            claimed.body.as_bytes(),
-        );
+        let signatures = signing::sign(&secret, &claimed.id, started_at.timestamp(), claimed.body.as_bytes());
         let clock = Instant::now();
         let result = self
             .sender
@@ -65,13 +70,12 @@ impl Deliverer {
             .await;
         let elapsed = clock.elapsed();
         self.metrics.attempt_seconds.record(elapsed.as_secs_f64());
-        let duration_ms = elapsed.as_millis().min(i32::MAX as u128) as i32;
         let attempts = claimed.attempts as u32 + 1;
         let unit = rand::rng().random::<f64>();
         let outcome = outcome::classify(&result, attempts, &self.policy, Utc::now(), unit);
-        let record = AttemptRecord {
+        let attempt = AttemptRecord {
             started_at,
-            duration_ms,
+            duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
             response_status: result.as_ref().ok().map(|r| r.status as i32),
             error_kind: match &result {
                 Ok(r) if !(200..300).contains(&r.status) => Some("http_status"),
@@ -86,17 +90,30 @@ impl Deliverer {
             Outcome::Retry { at } => NextState::Retry { at: *at },
             Outcome::Failed => NextState::Failed,
         };
-        let recorded = queue::store::finish(&self.pool, &claimed, &record, &next).await?;
-        if recorded {
-            match &outcome {
-                Outcome::Success => self.metrics.delivered.increment(1),
-                Outcome::Retry { .. } => self.metrics.retry_scheduled.increment(1),
-                Outcome::Failed => self.metrics.failed.increment(1),
-            }
-            tracing::debug!(delivery = %claimed.id, status = outcome.status(), attempts, duration_ms, "delivery attempt recorded");
-        } else {
-            tracing::warn!(delivery = %claimed.id, "lease lost before the attempt was recorded; another worker owns this delivery");
-        }
-        Ok(outcome)
+        let finished = Finished {
+            id: claimed.id.clone(),
+            lease_token: claimed.lease_token,
+            attempt,
+            next,
+        };
+        (outcome, finished)
     }
+}
+
+/// Records attempts in one statement and counts their outcomes. An attempt
+/// whose lease was lost is not recorded: another worker owns the delivery.
+pub async fn record(pool: &PgPool, metrics: &Metrics, batch: &[Finished]) -> sqlx::Result<()> {
+    let recorded: HashSet<String> = queue::store::finish_many(pool, batch).await?.into_iter().collect();
+    for f in batch {
+        if !recorded.contains(&f.id) {
+            tracing::warn!(delivery = %f.id, "lease lost before the attempt was recorded; another worker owns this delivery");
+            continue;
+        }
+        match f.next {
+            NextState::Success => metrics.delivered.increment(1),
+            NextState::Retry { .. } => metrics.retry_scheduled.increment(1),
+            NextState::Failed => metrics.failed.increment(1),
+        }
+    }
+    Ok(())
 }

@@ -7,14 +7,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::Deliverer;
 use crate::metrics::Metrics;
-use crate::queue;
+use crate::queue::{self, Finished};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -35,6 +35,8 @@ pub struct Worker {
     tasks: TaskTracker,
     in_flight: Arc<Mutex<HashSet<Uuid>>>,
     metrics: Arc<Metrics>,
+    /// Finished attempts go to the completer, which records them in batches.
+    completed: mpsc::Sender<Finished>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -52,6 +54,7 @@ impl Worker {
         config: WorkerConfig,
         wake: Arc<Notify>,
         metrics: Arc<Metrics>,
+        completed: mpsc::Sender<Finished>,
     ) -> Self {
         Self {
             pool,
@@ -62,6 +65,7 @@ impl Worker {
             tasks: TaskTracker::new(),
             in_flight: Arc::default(),
             metrics,
+            completed,
         }
     }
 
@@ -88,14 +92,14 @@ impl Worker {
             let in_flight = self.in_flight.clone();
             in_flight.lock().unwrap().insert(delivery.lease_token);
             let metrics = self.metrics.clone();
+            let completed = self.completed.clone();
             metrics.in_flight.increment(1.0);
             self.tasks.spawn(async move {
-                let token = delivery.lease_token;
-                let id = delivery.id.clone();
-                if let Err(e) = deliverer.deliver(delivery).await {
-                    tracing::error!(delivery = %id, error = %format!("{e:#}"), "could not record a delivery attempt; it is retried when its lease expires");
+                let (_, finished) = deliverer.attempt(&delivery).await;
+                if completed.send(finished).await.is_err() {
+                    tracing::error!(delivery = %delivery.id, "the completer is gone; the delivery is sent again when its lease expires");
                 }
-                in_flight.lock().unwrap().remove(&token);
+                in_flight.lock().unwrap().remove(&delivery.lease_token);
                 metrics.in_flight.decrement(1.0);
                 drop(permit);
             });
@@ -110,18 +114,26 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(self.config.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let low_water = (self.config.batch.min(self.config.concurrency) as usize / 2).max(1);
         'outer: loop {
             // Keep claiming while full batches come back.
             loop {
                 if shutdown.is_cancelled() {
                     break 'outer;
                 }
-                if self.permits.available_permits() == 0 {
+                if self.permits.available_permits() < low_water {
+                    if self.permits.available_permits() == 0 {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => break 'outer,
+                            p = self.permits.clone().acquire_owned() => drop(p),
+                        }
+                    }
+                    // Under saturation sends finish one by one; a moment's
+                    // wait lets one claim fetch a batch rather than a row.
                     tokio::select! {
                         _ = shutdown.cancelled() => break 'outer,
-                        p = self.permits.clone().acquire_owned() => drop(p),
+                        _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                     }
-                    continue;
                 }
                 let want = self
                     .permits

@@ -41,6 +41,15 @@ pub enum NextState {
     Failed,
 }
 
+/// An attempt ready to be recorded against the lease it was made under.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub id: String,
+    pub lease_token: Uuid,
+    pub attempt: AttemptRecord,
+    pub next: NextState,
+}
+
 /// A delivery as the API lists it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Delivery {

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Attempt, AttemptRecord, Claimed, Delivery, NextState};
+use super::{Attempt, AttemptRecord, Claimed, Delivery, Finished, NextState};
 
 /// Claims up to `batch` due deliveries under a lease of `lease_ms` and commits
 /// (one statement) before anything is sent. Deliveries of an inactive webhook
@@ -142,52 +142,97 @@ pub async fn claim_failed(
     }))
 }
 
-/// Records an attempt and the delivery's next state in one statement, fenced
-/// on the lease. Returns `false` when the lease was lost (nothing written).
+/// Records an attempt and the delivery's next state, fenced on the lease.
+/// Returns `false` when the lease was lost (nothing written).
 pub async fn finish(
     pool: &PgPool,
     claimed: &Claimed,
     attempt: &AttemptRecord,
     next: &NextState,
 ) -> sqlx::Result<bool> {
-    let (status, retry_at) = match next {
-        NextState::Success => ("success", None),
-        NextState::Retry { at } => ("pending", Some(*at)),
-        NextState::Failed => ("failed", None),
+    let one = Finished {
+        id: claimed.id.clone(),
+        lease_token: claimed.lease_token,
+        attempt: attempt.clone(),
+        next: next.clone(),
     };
+    Ok(finish_many(pool, std::slice::from_ref(&one)).await?.len() == 1)
+}
+
+/// Records many attempts in one statement (one transaction): each row's new
+/// state and its attempt row, fenced on its lease. Rows whose lease was lost
+/// are skipped. Returns the ids of the deliveries recorded.
+pub async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Result<Vec<String>> {
+    let mut ids = Vec::with_capacity(batch.len());
+    let mut tokens = Vec::with_capacity(batch.len());
+    let mut statuses = Vec::with_capacity(batch.len());
+    let mut retry_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(batch.len());
+    let mut response_statuses: Vec<Option<i32>> = Vec::with_capacity(batch.len());
+    let mut errors: Vec<Option<String>> = Vec::with_capacity(batch.len());
+    let mut started: Vec<DateTime<Utc>> = Vec::with_capacity(batch.len());
+    let mut durations = Vec::with_capacity(batch.len());
+    let mut kinds: Vec<Option<String>> = Vec::with_capacity(batch.len());
+    let mut excerpts: Vec<Option<String>> = Vec::with_capacity(batch.len());
+    for f in batch {
+        let (status, retry_at) = match f.next {
+            NextState::Success => ("success", None),
+            NextState::Retry { at } => ("pending", Some(at)),
+            NextState::Failed => ("failed", None),
+        };
+        ids.push(f.id.clone());
+        tokens.push(f.lease_token);
+        statuses.push(status.to_owned());
+        retry_ats.push(retry_at);
+        response_statuses.push(f.attempt.response_status);
+        errors.push(f.attempt.error.clone());
+        started.push(f.attempt.started_at);
+        durations.push(f.attempt.duration_ms);
+        kinds.push(f.attempt.error_kind.map(str::to_owned));
+        excerpts.push(f.attempt.response_excerpt.clone());
+    }
     let done = sqlx::query!(
         r#"
-        WITH done AS (
-            UPDATE webhook_deliveries
-            SET status = $3,
-                attempts = attempts + 1,
-                next_retry_at = COALESCE($4, next_retry_at),
+        WITH input AS (
+            SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[],
+                                 $6::text[], $7::timestamptz[], $8::int4[], $9::text[], $10::text[])
+                AS t(id, token, status, retry_at, response_status, error, started_at, duration_ms,
+                     error_kind, excerpt)
+        ), done AS (
+            -- The fence: only the lease holder's write lands.
+            UPDATE webhook_deliveries d
+            SET status = i.status,
+                attempts = d.attempts + 1,
+                next_retry_at = COALESCE(i.retry_at, d.next_retry_at),
                 lease_expires_at = NULL,
                 lease_token = NULL,
-                response_status = $5,
-                last_error = $6,
-                last_attempt_at = $7
-            WHERE id = $1 AND lease_token = $2
-            RETURNING id, webhook_id, attempts
+                response_status = i.response_status,
+                last_error = i.error,
+                last_attempt_at = i.started_at
+            FROM input i
+            WHERE d.id = i.id AND d.lease_token = i.token
+            RETURNING d.id, d.webhook_id, d.attempts, i.started_at, i.duration_ms, i.response_status,
+                      i.error_kind, i.error, i.excerpt
         )
         INSERT INTO webhook_delivery_attempts
             (delivery_id, webhook_id, attempt, started_at, duration_ms, response_status, error_kind, error, response_excerpt)
-        SELECT id, webhook_id, attempts, $7, $8, $5, $9, $6, $10 FROM done
+        SELECT id, webhook_id, attempts, started_at, duration_ms, response_status, error_kind, error, excerpt
+        FROM done
+        RETURNING delivery_id
         "#,
-        claimed.id,
-        claimed.lease_token,
-        status,
-        retry_at,
-        attempt.response_status,
-        attempt.error,
-        attempt.started_at,
-        attempt.duration_ms,
-        attempt.error_kind,
-        attempt.response_excerpt,
+        &ids,
+        &tokens,
+        &statuses,
+        &retry_ats as &[Option<DateTime<Utc>>],
+        &response_statuses as &[Option<i32>],
+        &errors as &[Option<String>],
+        &started,
+        &durations,
+        &kinds as &[Option<String>],
+        &excerpts as &[Option<String>],
     )
-    .execute(pool)
+    .fetch_all(pool)
     .await?;
-    Ok(done.rows_affected() == 1)
+    Ok(done.into_iter().map(|r| r.delivery_id).collect())
 }
 
 /// Gives leases back without consuming an attempt (shutdown), so another
