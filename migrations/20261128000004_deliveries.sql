@@ -18,8 +18,7 @@ CREATE TABLE webhook_deliveries (
     response_status  integer,
     last_error       text,
     created_at       timestamptz NOT NULL DEFAULT now(),
-    last_attempt_at  timestamptz,
-    UNIQUE (event_id, webhook_id)
+    last_attempt_at  timestamptz
 );
 
 -- The claim query walks this index in next_retry_at order and stops after a
@@ -27,6 +26,11 @@ CREATE TABLE webhook_deliveries (
 CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_retry_at) WHERE status = 'pending';
 -- A webhook's deliveries, newest first (listing and cursor pagination).
 CREATE INDEX webhook_deliveries_webhook_idx ON webhook_deliveries (webhook_id, created_at DESC, id DESC);
+-- Every claim and every result rewrites a delivery row (next_retry_at and
+-- status change, so the update cannot be HOT) and so touches every index:
+-- keep them few. No UNIQUE (event_id, webhook_id): an event fans out once
+-- because the fan-out claims it with SKIP LOCKED and marks it dispatched in
+-- the same transaction.
 
 -- Wakes the workers once per statement that enqueues something.
 CREATE FUNCTION webhook_deliveries_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -52,4 +56,3 @@ CREATE TABLE webhook_delivery_attempts (
     response_excerpt text,
     PRIMARY KEY (delivery_id, attempt)
 );
-CREATE INDEX webhook_delivery_attempts_started_idx ON webhook_delivery_attempts (started_at);

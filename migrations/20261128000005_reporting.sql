@@ -11,21 +11,24 @@ ALTER TABLE webhook_delivery_attempts ALTER COLUMN webhook_id SET NOT NULL;
 ALTER TABLE webhook_delivery_attempts
     ADD COLUMN succeeded boolean GENERATED ALWAYS AS (coalesce(response_status BETWEEN 200 AND 299, false)) STORED;
 
--- Window latency and counts per webhook.
+-- Index budget: every attempt inserts into each index of this table, and
+-- every claim and result touches each index of webhook_deliveries, so the
+-- hot path pays for them. Windows over all rows use BRIN indexes (rows arrive
+-- in time order; a BRIN index costs almost nothing to maintain); per-webhook
+-- lookups use one B-tree each, and failures get partial indexes that only
+-- failures pay for.
+CREATE INDEX webhook_delivery_attempts_started_brin ON webhook_delivery_attempts USING brin (started_at);
+CREATE INDEX webhook_deliveries_created_brin ON webhook_deliveries USING brin (created_at);
+-- One webhook's window, and its last success (a backward scan that stops at
+-- the first successful attempt).
 CREATE INDEX webhook_delivery_attempts_webhook_idx
     ON webhook_delivery_attempts (webhook_id, started_at) INCLUDE (duration_ms, succeeded);
--- Last success / last failure / consecutive failures: a backward scan of one
--- of these partial indexes stops at its first row.
-CREATE INDEX webhook_delivery_attempts_last_success_idx
-    ON webhook_delivery_attempts (webhook_id, started_at DESC) WHERE succeeded;
+-- Last failure and consecutive failures per webhook.
 CREATE INDEX webhook_delivery_attempts_failures_idx
     ON webhook_delivery_attempts (webhook_id, started_at DESC) WHERE NOT succeeded;
 -- Failure reasons and recent failures across all webhooks over a window.
 CREATE INDEX webhook_delivery_attempts_recent_failures_idx
     ON webhook_delivery_attempts (started_at DESC) WHERE NOT succeeded;
--- Deliveries over a window (volume, totals, health counts).
-CREATE INDEX webhook_deliveries_created_idx
-    ON webhook_deliveries (created_at) INCLUDE (webhook_id, status, attempts);
 
 -- Per-webhook health since `since`. success_rate = success / (success + failed)
 -- among deliveries created in the window; retry_rate = deliveries that needed

@@ -17,9 +17,9 @@ use crate::api::guard::AdminKey;
 use crate::api::rate_limit::IpLimiter;
 use crate::api::{self, ApiState, RateLimits};
 use crate::config::Config;
-use crate::delivery::{Deliverer, completer};
 use crate::delivery::sender::Sender;
 use crate::delivery::worker::{Worker, WorkerConfig};
+use crate::delivery::{Deliverer, completer};
 use crate::fanout::FanoutContext;
 use crate::metrics::Metrics;
 use crate::wakeup::Wakeups;
@@ -97,7 +97,11 @@ impl Application {
         };
         tracker.spawn(fanout::run(fanout, shutdown.clone()));
         let (completed, finished) = completer::channel();
-        tracker.spawn(completer::run(self.pool.clone(), self.metrics.clone(), finished));
+        tracker.spawn(completer::run(
+            self.pool.clone(),
+            self.metrics.clone(),
+            finished,
+        ));
         let worker = Worker::new(
             self.pool.clone(),
             self.deliverer.clone(),

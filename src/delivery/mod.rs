@@ -54,7 +54,12 @@ impl Deliverer {
     pub async fn attempt(&self, claimed: &Claimed) -> (Outcome, Finished) {
         let started_at = Utc::now();
         let secret = WebhookSecret::from_stored(claimed.secret.clone());
-        let signatures = signing::sign(&secret, &claimed.id, started_at.timestamp(), claimed.body.as_bytes());
+        let signatures = signing::sign(
+            &secret,
+            &claimed.id,
+            started_at.timestamp(),
+            claimed.body.as_bytes(),
+        );
         let clock = Instant::now();
         let result = self
             .sender
@@ -103,7 +108,10 @@ impl Deliverer {
 /// Records attempts in one statement and counts their outcomes. An attempt
 /// whose lease was lost is not recorded: another worker owns the delivery.
 pub async fn record(pool: &PgPool, metrics: &Metrics, batch: &[Finished]) -> sqlx::Result<()> {
-    let recorded: HashSet<String> = queue::store::finish_many(pool, batch).await?.into_iter().collect();
+    let recorded: HashSet<String> = queue::store::finish_many(pool, batch)
+        .await?
+        .into_iter()
+        .collect();
     for f in batch {
         if !recorded.contains(&f.id) {
             tracing::warn!(delivery = %f.id, "lease lost before the attempt was recorded; another worker owns this delivery");

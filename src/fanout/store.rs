@@ -37,7 +37,6 @@ pub async fn dispatch(
                 OR EXISTS (SELECT 1 FROM unnest(w.events) AS p
                            WHERE right(p, 2) = '.*' AND starts_with(ev.event_type, left(p, -1)))
             )
-            ON CONFLICT (event_id, webhook_id) DO NOTHING
             RETURNING 1
         ), marked AS (
             UPDATE webhook_events e SET dispatched_at = now()
