@@ -132,6 +132,11 @@ async fn main() -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
+    if cfg!(debug_assertions) && !smoke {
+        eprintln!(
+            "note: a debug build measures little; use `cargo run --release --example loadtest`"
+        );
+    }
 
     let concurrency = 64;
     let ceiling_total = if smoke { 2_000 } else { 50_000 };
@@ -193,5 +198,14 @@ async fn main() -> anyhow::Result<()> {
     for r in &reports {
         println!("{}", serde_json::to_string(r)?);
     }
+    let incomplete: Vec<&str> = reports
+        .iter()
+        .filter(|r| r.note.contains("INCOMPLETE"))
+        .map(|r| r.scenario.as_str())
+        .collect();
+    anyhow::ensure!(
+        incomplete.is_empty(),
+        "not every delivery arrived in: {incomplete:?}"
+    );
     Ok(())
 }

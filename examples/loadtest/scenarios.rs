@@ -320,7 +320,11 @@ async fn explain(pool: &PgPool, sql: &str) -> anyhow::Result<String> {
 
 /// Claims and records successes in batches of 500 until `target` rows are done
 /// (shared across concurrent drainers through the table itself).
-async fn drain(pool: &PgPool, target: i64, done: &std::sync::atomic::AtomicI64) -> anyhow::Result<()> {
+async fn drain(
+    pool: &PgPool,
+    target: i64,
+    done: &std::sync::atomic::AtomicI64,
+) -> anyhow::Result<()> {
     use smartdrop_webhooks::queue::{AttemptRecord, Finished, NextState, store};
     loop {
         // Reserve a share of the target first, so concurrent drainers never overshoot.
@@ -402,7 +406,9 @@ async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Report> {
     let drained_plan = explain(&db.pool, CLAIM_SQL).await?;
     let drained = median_claim_ms(&db.pool, 20).await?;
     // What (auto)vacuum gives back: the dead entries at the head of the due index go.
-    sqlx::query("VACUUM webhook_deliveries").execute(&db.pool).await?;
+    sqlx::query("VACUUM webhook_deliveries")
+        .execute(&db.pool)
+        .await?;
     let vacuumed = median_claim_ms(&db.pool, 20).await?;
     std::fs::create_dir_all("target/loadtest")?;
     std::fs::write(

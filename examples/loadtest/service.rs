@@ -11,21 +11,23 @@ pub struct Service {
     started_cpu: f64,
 }
 
-/// Builds the release binary if needed and returns its path.
+/// Builds the service binary in the harness's own profile (release for
+/// measurements, debug for the CI smoke run) and returns its path.
 pub fn binary() -> String {
+    let (flag, dir) = if cfg!(debug_assertions) {
+        (None, "debug")
+    } else {
+        (Some("--release"), "release")
+    };
+    let mut args = vec!["build", "--quiet", "--bin", "smartdrop-webhooks"];
+    args.extend(flag);
     let status = Command::new("cargo")
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "--bin",
-            "smartdrop-webhooks",
-        ])
+        .args(&args)
         .status()
         .expect("cargo runs");
     assert!(status.success(), "building the service failed");
     format!(
-        "{}/target/release/smartdrop-webhooks",
+        "{}/target/{dir}/smartdrop-webhooks",
         env!("CARGO_MANIFEST_DIR")
     )
 }
