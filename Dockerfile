@@ -3,10 +3,9 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 ENV SQLX_OFFLINE=true
-COPY Cargo.toml Cargo.lock ./
-COPY .sqlx .sqlx
-COPY migrations migrations
-COPY src src
+# The whole crate (Cargo.toml names the tests, benches and examples, so they
+# must be present even though only the binary is built); see .dockerignore.
+COPY . .
 RUN cargo build --release --locked --bin smartdrop-webhooks
 
 FROM debian:bookworm-slim

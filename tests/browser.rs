@@ -91,3 +91,71 @@ async fn the_dashboard_shows_the_seeded_webhooks_in_chromium(pool: PgPool) {
     );
     assert!(screenshot.exists());
 }
+
+/// Runs tests/browser/verify.mjs (the README's JavaScript example, with the
+/// `standardwebhooks` npm package) on a delivery file; returns stdout or the error.
+async fn verify_with_node(root: &Path, file: &Path) -> Result<String, String> {
+    let out = tokio::process::Command::new("node")
+        .current_dir(root.join("tests/browser"))
+        .arg("verify.mjs")
+        .arg(file)
+        .output()
+        .await
+        .expect("node runs");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[sqlx::test]
+async fn a_real_delivery_verifies_with_the_javascript_standardwebhooks_library(pool: PgPool) {
+    use base64::Engine;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/browser/node_modules/standardwebhooks")
+            .exists(),
+        "run `npm ci --prefix tests/browser` first"
+    );
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    let secret = app.create_webhook(&receiver.url, &["*"]).await["secret"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.publish_sql(
+        "pool.rewards_distributed",
+        json!({"pool_id": "p9", "amount": "3.5"}),
+        Some("js-1"),
+    )
+    .await;
+    let got = receiver.wait_for(1, Duration::from_secs(10)).await;
+    let headers: serde_json::Map<String, serde_json::Value> = got[0]
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), json!(v.to_str().unwrap())))
+        .collect();
+    let artifacts = root.join("tests/artifacts");
+    std::fs::create_dir_all(&artifacts).unwrap();
+    let write = |name: &str, body: &[u8]| {
+        let path = artifacts.join(name);
+        let engine = base64::engine::general_purpose::STANDARD;
+        let file =
+            json!({"secret": secret, "body_base64": engine.encode(body), "headers": headers});
+        std::fs::write(&path, file.to_string()).unwrap();
+        path
+    };
+    let genuine = write("delivery.json", &got[0].body);
+    assert_eq!(
+        verify_with_node(root, &genuine).await,
+        Ok("js-1".to_owned())
+    );
+    let mut tampered_body = got[0].body.clone();
+    tampered_body.extend_from_slice(b" ");
+    let tampered = write("delivery-tampered.json", &tampered_body);
+    assert!(
+        verify_with_node(root, &tampered).await.is_err(),
+        "a tampered body must not verify"
+    );
+}

@@ -8,8 +8,8 @@ use serde::Serialize;
 use uuid::Uuid;
 
 /// A delivery claimed under a lease: everything the sender needs, and the
-/// token that fences every later write.
-#[derive(Debug, Clone)]
+/// token that fences every later write. `Debug` leaves the secret out.
+#[derive(Clone)]
 pub struct Claimed {
     pub id: String,
     pub lease_token: Uuid,
@@ -20,6 +20,19 @@ pub struct Claimed {
     pub secret: String,
     pub event_type: String,
     pub body: String,
+}
+
+impl std::fmt::Debug for Claimed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Claimed")
+            .field("id", &self.id)
+            .field("lease_token", &self.lease_token)
+            .field("attempts", &self.attempts)
+            .field("webhook_id", &self.webhook_id)
+            .field("url", &self.url)
+            .field("secret", &"<redacted>")
+            .finish_non_exhaustive()
+    }
 }
 
 /// One attempt, as recorded in `webhook_delivery_attempts`.

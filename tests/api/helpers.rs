@@ -53,6 +53,15 @@ pub fn test_config(pool: &PgPool) -> Config {
     config
 }
 
+/// The test configuration without a database (for checks that need none).
+pub fn test_config_without_pool() -> Config {
+    let mut config = Cli::try_parse_from(["smartdrop-webhooks"])
+        .expect("defaults parse")
+        .config;
+    config.admin_api_key = Some(KEY.to_owned().into());
+    config
+}
+
 pub struct TestApp {
     pub address: String,
     pub pool: PgPool,

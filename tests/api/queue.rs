@@ -130,3 +130,48 @@ async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
         .unwrap();
     assert_eq!(count, 900);
 }
+
+#[sqlx::test]
+async fn retention_purges_only_old_successful_deliveries(pool: PgPool) {
+    seed(&pool, 4).await;
+    // Two old successes, one old failure, one recent success.
+    sqlx::query(
+        "UPDATE webhook_deliveries SET status = v.status, created_at = now() - v.age
+         FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM webhook_deliveries) r,
+              (VALUES (1, 'success', interval '40 days'), (2, 'success', interval '31 days'),
+                      (3, 'failed', interval '40 days'), (4, 'success', interval '1 day')) AS v(n, status, age)
+         WHERE r.id = webhook_deliveries.id AND r.n = v.n",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        smartdrop_webhooks::maintenance::purge_once(&pool, 30)
+            .await
+            .unwrap(),
+        2
+    );
+    let left: Vec<(String,)> =
+        sqlx::query_as("SELECT status FROM webhook_deliveries ORDER BY status")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(left, [("failed".to_owned(),), ("success".to_owned(),)]);
+}
+
+#[test]
+fn debug_output_never_contains_a_secret() {
+    let claimed = smartdrop_webhooks::queue::Claimed {
+        id: "dlv_x".into(),
+        lease_token: uuid::Uuid::nil(),
+        attempts: 0,
+        webhook_id: "wh_x".into(),
+        url: "https://example.com".into(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        event_type: "pool.created".into(),
+        body: "{}".into(),
+    };
+    assert!(!format!("{claimed:?}").contains("MfKQ9r8G"));
+    let config = crate::helpers::test_config_without_pool();
+    assert!(!format!("{config:?}").contains(crate::helpers::KEY));
+}
