@@ -31,17 +31,17 @@ CREATE TRIGGER webhook_events_check_type
     BEFORE INSERT ON webhook_events
     FOR EACH ROW EXECUTE FUNCTION webhook_events_check_type();
 
--- One NOTIFY per statement, not per row; Postgres delivers it only on commit,
--- so a rolled-back publish wakes nobody.
-CREATE FUNCTION webhook_events_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+-- One NOTIFY per statement, not per row, on the channel named by the trigger;
+-- Postgres delivers it only on commit, so a rolled-back publish wakes nobody.
+CREATE FUNCTION webhook_notify() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('webhook_events', '');
+    PERFORM pg_notify(TG_ARGV[0], '');
     RETURN NULL;
 END $$;
 
 CREATE TRIGGER webhook_events_notify
     AFTER INSERT ON webhook_events
-    FOR EACH STATEMENT EXECUTE FUNCTION webhook_events_notify();
+    FOR EACH STATEMENT EXECUTE FUNCTION webhook_notify('webhook_events');
 
 -- Publish an event. Idempotent on event_id: a second call with the same id
 -- returns the existing row and fans out nothing more.

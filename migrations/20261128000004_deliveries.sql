@@ -33,15 +33,9 @@ CREATE INDEX webhook_deliveries_webhook_idx ON webhook_deliveries (webhook_id, c
 -- the same transaction.
 
 -- Wakes the workers once per statement that enqueues something.
-CREATE FUNCTION webhook_deliveries_notify() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('webhook_deliveries', '');
-    RETURN NULL;
-END $$;
-
 CREATE TRIGGER webhook_deliveries_notify
     AFTER INSERT ON webhook_deliveries
-    FOR EACH STATEMENT EXECUTE FUNCTION webhook_deliveries_notify();
+    FOR EACH STATEMENT EXECUTE FUNCTION webhook_notify('webhook_deliveries');
 
 -- A queue table: every row is rewritten twice, and the dead entries that
 -- pile up at the head of webhook_deliveries_due_idx slow every claim until

@@ -7,7 +7,7 @@ use super::ApiState;
 use super::error::ApiError;
 use super::page::{self, Page};
 use super::webhooks::parse_id;
-use crate::domain::ids::DeliveryId;
+use crate::domain::ids::{DeliveryId, WebhookId};
 use crate::queue::{self, Attempt, Delivery};
 use crate::webhooks;
 
@@ -26,6 +26,15 @@ pub struct DeliveryDetail {
     #[serde(flatten)]
     pub delivery: Delivery,
     pub attempt_log: Vec<Attempt>,
+}
+
+/// `/webhooks/{id}/deliveries/{delivery_id}`: a malformed id of either kind is a 404.
+fn parse_ids(
+    (webhook_id, delivery_id): (String, String),
+) -> Result<(WebhookId, DeliveryId), ApiError> {
+    let webhook_id = parse_id(&webhook_id)?;
+    let delivery_id = DeliveryId::parse(&delivery_id).ok_or(ApiError::NotFound("delivery"))?;
+    Ok((webhook_id, delivery_id))
 }
 
 async fn webhook_exists(state: &ApiState, raw: &str) -> Result<String, ApiError> {
@@ -68,9 +77,7 @@ pub async fn get(
     state: web::Data<ApiState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (webhook_id, delivery_id) = path.into_inner();
-    let webhook_id = parse_id(&webhook_id)?;
-    let delivery_id = DeliveryId::parse(&delivery_id).ok_or(ApiError::NotFound("delivery"))?;
+    let (webhook_id, delivery_id) = parse_ids(path.into_inner())?;
     let delivery = queue::store::get(&state.pool, webhook_id.as_str(), delivery_id.as_str())
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
@@ -90,9 +97,7 @@ pub async fn retry(
     state: web::Data<ApiState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
-    let (webhook_id, delivery_id) = path.into_inner();
-    let webhook_id = parse_id(&webhook_id)?;
-    let delivery_id = DeliveryId::parse(&delivery_id).ok_or(ApiError::NotFound("delivery"))?;
+    let (webhook_id, delivery_id) = parse_ids(path.into_inner())?;
     let claimed = queue::store::claim_failed(
         &state.pool,
         webhook_id.as_str(),

@@ -68,7 +68,8 @@ pub async fn insert_claimed(
     body: &str,
     lease_ms: i64,
 ) -> sqlx::Result<Option<Claimed>> {
-    let row = sqlx::query!(
+    sqlx::query_as!(
+        Claimed,
         r#"
         WITH ins AS (
             INSERT INTO webhook_deliveries
@@ -91,17 +92,7 @@ pub async fn insert_claimed(
         lease_ms as f64,
     )
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|r| Claimed {
-        id: r.id,
-        lease_token: r.lease_token,
-        attempts: r.attempts,
-        webhook_id: r.webhook_id,
-        url: r.url,
-        secret: r.secret,
-        event_type: r.event_type,
-        body: r.body,
-    }))
+    .await
 }
 
 /// Claims one `failed` delivery for a manual retry. `None` when it is not
@@ -112,7 +103,8 @@ pub async fn claim_failed(
     delivery_id: &str,
     lease_ms: i64,
 ) -> sqlx::Result<Option<Claimed>> {
-    let row = sqlx::query!(
+    sqlx::query_as!(
+        Claimed,
         r#"
         UPDATE webhook_deliveries d
         SET status = 'pending',
@@ -129,17 +121,7 @@ pub async fn claim_failed(
         lease_ms as f64,
     )
     .fetch_optional(pool)
-    .await?;
-    Ok(row.map(|r| Claimed {
-        id: r.id,
-        lease_token: r.lease_token,
-        attempts: r.attempts,
-        webhook_id: r.webhook_id,
-        url: r.url,
-        secret: r.secret,
-        event_type: r.event_type,
-        body: r.body,
-    }))
+    .await
 }
 
 /// Records an attempt and the delivery's next state, fenced on the lease.

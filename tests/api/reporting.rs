@@ -86,37 +86,22 @@ async fn seed(pool: &PgPool) -> Seeded {
         .fetch_one(pool)
         .await
         .unwrap();
-    delivery("dlv_a1", &a, "success", 1, at(h, -2, 10), later)
-        .await
-        .unwrap();
-    delivery("dlv_a2", &a, "success", 2, at(h, -3, 10), later)
-        .await
-        .unwrap();
-    delivery("dlv_a3", &a, "failed", 3, at(h, -2, 20), later)
-        .await
-        .unwrap();
-    delivery("dlv_a4", &a, "pending", 0, h, now - Duration::minutes(5))
-        .await
-        .unwrap();
-    delivery("dlv_aold", &a, "success", 1, at(h, -48, 0), later)
-        .await
-        .unwrap();
-    delivery("dlv_b1", &b, "failed", 1, at(h, -1, 5), later)
-        .await
-        .unwrap();
-    delivery("dlv_b2", &b, "success", 1, at(h, -5, 5), later)
-        .await
-        .unwrap();
-    delivery(
-        "dlv_b3",
-        &b,
-        "pending",
-        1,
-        at(h, -1, 10),
-        now + Duration::hours(1),
-    )
-    .await
-    .unwrap();
+    #[rustfmt::skip]
+    let deliveries = [
+        ("dlv_a1", &a, "success", 1, at(h, -2, 10), later),
+        ("dlv_a2", &a, "success", 2, at(h, -3, 10), later),
+        ("dlv_a3", &a, "failed", 3, at(h, -2, 20), later),
+        ("dlv_a4", &a, "pending", 0, h, now - Duration::minutes(5)),
+        ("dlv_aold", &a, "success", 1, at(h, -48, 0), later),
+        ("dlv_b1", &b, "failed", 1, at(h, -1, 5), later),
+        ("dlv_b2", &b, "success", 1, at(h, -5, 5), later),
+        ("dlv_b3", &b, "pending", 1, at(h, -1, 10), now + Duration::hours(1)),
+    ];
+    for (id, webhook, status, attempts, created, next) in deliveries {
+        delivery(id, webhook, status, attempts, created, next)
+            .await
+            .unwrap();
+    }
     let attempt = |d: &'static str,
                    wh: &String,
                    n: i32,
@@ -143,68 +128,24 @@ async fn seed(pool: &PgPool) -> Seeded {
         .bind(error)
         .execute(pool)
     };
-    attempt("dlv_a1", &a, 1, at(h, -2, 10), 100, Some(200), None)
-        .await
-        .unwrap();
-    attempt(
-        "dlv_a2",
-        &a,
-        1,
-        at(h, -3, 10),
-        300,
-        Some(500),
-        Some("http_status"),
-    )
-    .await
-    .unwrap();
-    attempt("dlv_a2", &a, 2, at(h, -3, 11), 50, Some(200), None)
-        .await
-        .unwrap();
-    attempt("dlv_a3", &a, 1, at(h, -2, 20), 5000, None, Some("timeout"))
-        .await
-        .unwrap();
-    attempt("dlv_a3", &a, 2, at(h, -2, 21), 5000, None, Some("timeout"))
-        .await
-        .unwrap();
-    attempt(
-        "dlv_a3",
-        &a,
-        3,
-        at(h, -2, 25),
-        20,
-        Some(503),
-        Some("http_status"),
-    )
-    .await
-    .unwrap();
-    attempt("dlv_aold", &a, 1, at(h, -48, 0), 10, Some(200), None)
-        .await
-        .unwrap();
-    attempt("dlv_b2", &b, 1, at(h, -5, 5), 60, Some(200), None)
-        .await
-        .unwrap();
-    attempt(
-        "dlv_b1",
-        &b,
-        1,
-        at(h, -1, 5),
-        40,
-        Some(404),
-        Some("http_status"),
-    )
-    .await
-    .unwrap();
-    attempt(
-        "dlv_b3",
-        &b,
-        1,
-        at(h, -1, 10),
-        80,
-        Some(500),
-        Some("http_status"),
-    )
-    .await
-    .unwrap();
+    #[rustfmt::skip]
+    let attempts = [
+        ("dlv_a1", &a, 1, at(h, -2, 10), 100, Some(200), None),
+        ("dlv_a2", &a, 1, at(h, -3, 10), 300, Some(500), Some("http_status")),
+        ("dlv_a2", &a, 2, at(h, -3, 11), 50, Some(200), None),
+        ("dlv_a3", &a, 1, at(h, -2, 20), 5000, None, Some("timeout")),
+        ("dlv_a3", &a, 2, at(h, -2, 21), 5000, None, Some("timeout")),
+        ("dlv_a3", &a, 3, at(h, -2, 25), 20, Some(503), Some("http_status")),
+        ("dlv_aold", &a, 1, at(h, -48, 0), 10, Some(200), None),
+        ("dlv_b2", &b, 1, at(h, -5, 5), 60, Some(200), None),
+        ("dlv_b1", &b, 1, at(h, -1, 5), 40, Some(404), Some("http_status")),
+        ("dlv_b3", &b, 1, at(h, -1, 10), 80, Some(500), Some("http_status")),
+    ];
+    for (id, webhook, n, started, ms, status, kind) in attempts {
+        attempt(id, webhook, n, started, ms, status, kind)
+            .await
+            .unwrap();
+    }
     Seeded { h, a, b, c }
 }
 
