@@ -67,6 +67,13 @@ impl From<InvalidField> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        // SQLSTATE class 22 (data exception): Postgres refused a value the
+        // client sent, e.g. a NUL character in text or jsonb.
+        if let Some(db) = e.as_database_error()
+            && db.code().is_some_and(|c| c.starts_with("22"))
+        {
+            return Self::Validation(format!("a value could not be stored: {}", db.message()));
+        }
         match e {
             // The pool could not hand out a connection: the database is down
             // or saturated; the client may retry.

@@ -49,6 +49,12 @@ pub async fn publish(
     body: ApiJson<PublishEvent>,
 ) -> Result<HttpResponse, ApiError> {
     let body = body.0;
+    if contains_nul(&body.data) {
+        return Err(ApiError::Validation(
+            "data: must not contain the NUL character (\\u0000), which Postgres jsonb cannot store"
+                .into(),
+        ));
+    }
     if body
         .event_id
         .as_deref()
@@ -91,6 +97,17 @@ pub async fn publish(
         event_id,
         deliveries,
     }))
+}
+
+fn contains_nul(value: &serde_json::Value) -> bool {
+    match value {
+        serde_json::Value::String(s) => s.contains('\0'),
+        serde_json::Value::Array(items) => items.iter().any(contains_nul),
+        serde_json::Value::Object(map) => {
+            map.iter().any(|(k, v)| k.contains('\0') || contains_nul(v))
+        }
+        _ => false,
+    }
 }
 
 #[utoipa::path(get, path = "/api/v1/event-types", tag = "events",

@@ -18,12 +18,16 @@ pub struct WindowQuery {
 
 /// Parses `15m`, `24h`, `7d` into a duration (1 minute to 90 days).
 pub fn parse_window(raw: &str) -> Option<chrono::Duration> {
-    let (n, unit) = raw.split_at(raw.len().checked_sub(1)?);
-    let n: i64 = n.parse().ok().filter(|n| *n > 0)?;
+    // Split off the last character, not the last byte: the input is arbitrary UTF-8.
+    let unit = raw.chars().last()?;
+    let n: i64 = raw[..raw.len() - unit.len_utf8()]
+        .parse()
+        .ok()
+        .filter(|n| *n > 0)?;
     let d = match unit {
-        "m" => chrono::Duration::minutes(n),
-        "h" => chrono::Duration::hours(n),
-        "d" => chrono::Duration::days(n),
+        'm' => chrono::Duration::minutes(n),
+        'h' => chrono::Duration::hours(n),
+        'd' => chrono::Duration::days(n),
         _ => return None,
     };
     (d <= chrono::Duration::days(90)).then_some(d)
@@ -97,7 +101,9 @@ mod tests {
         assert_eq!(parse_window("24h"), Some(chrono::Duration::hours(24)));
         assert_eq!(parse_window("7d"), Some(chrono::Duration::days(7)));
         assert_eq!(parse_window("15m"), Some(chrono::Duration::minutes(15)));
-        for bad in ["", "h", "0h", "-1h", "91d", "24", "1w", "1.5h", "ééh"] {
+        for bad in [
+            "", "h", "0h", "-1h", "91d", "24", "1w", "1.5h", "ééh", "\u{80}", "1é", "é",
+        ] {
             assert_eq!(parse_window(bad), None, "{bad}");
         }
     }

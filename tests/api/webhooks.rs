@@ -500,3 +500,37 @@ async fn health_is_503_when_the_database_is_unreachable() {
     let body: Value = health.json().await.unwrap();
     assert_eq!(body["status"], "unavailable");
 }
+
+#[sqlx::test]
+async fn values_postgres_cannot_store_are_a_400_not_a_500(pool: PgPool) {
+    // Found by schemathesis: NUL characters, and a multi-byte window unit.
+    let app = TestApp::spawn(pool).await;
+    let with_nul = json!({"url": "https://example.com", "events": ["*"], "description": "a\u{0}b"});
+    let (status, error) = error_of(app.post("/api/v1/webhooks", with_nul).await).await;
+    assert_eq!(
+        (status, error["error"].as_str().unwrap()),
+        (400, "validation_error"),
+        "{error}"
+    );
+    let event = json!({"event": "pool.created", "data": {"k": "v\u{0}"}});
+    let (status, error) = error_of(app.post("/api/v1/events", event).await).await;
+    assert_eq!(status, 400);
+    assert!(
+        error["message"].as_str().unwrap().starts_with("data:"),
+        "{error}"
+    );
+    let event = json!({"event": "pool.created", "event_id": "x\u{0}", "data": {}});
+    assert_eq!(app.post("/api/v1/events", event).await.status(), 400);
+    let (status, _) = error_of(app.get("/api/v1/stats?window=%C2%80").await).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        app.client
+            .get(app.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "the service survived"
+    );
+}
