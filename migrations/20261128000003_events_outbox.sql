@@ -16,9 +16,15 @@ CREATE TABLE webhook_events (
 CREATE INDEX webhook_events_undispatched_idx ON webhook_events (id) WHERE dispatched_at IS NULL;
 
 -- A clear error for an unknown type, raised in the publishing statement itself
--- (the foreign key above is the backstop).
+-- (the foreign key above is the backstop). A plain INSERT of an event_id that
+-- is already stored is skipped rather than failing the indexer's transaction,
+-- so a re-published event fans out once whichever way it was published (a
+-- concurrent duplicate still meets the UNIQUE constraint).
 CREATE FUNCTION webhook_events_check_type() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    IF EXISTS (SELECT 1 FROM webhook_events WHERE event_id = NEW.event_id) THEN
+        RETURN NULL;
+    END IF;
     IF NOT EXISTS (SELECT 1 FROM webhook_event_types WHERE name = NEW.event_type) THEN
         RAISE EXCEPTION 'unknown event type "%"', NEW.event_type
             USING ERRCODE = 'foreign_key_violation',

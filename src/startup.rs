@@ -101,6 +101,8 @@ impl Application {
             self.pool.clone(),
             self.metrics.clone(),
             finished,
+            self.config.lease(),
+            shutdown.clone(),
         ));
         let worker = Worker::new(
             self.pool.clone(),

@@ -73,10 +73,11 @@ pub async fn run(
                     Ok(Some(_)) => wakeups.deliveries.notify_one(),
                     // The connection dropped; sqlx reconnects on the next call,
                     // and whatever was notified meanwhile is found by a sweep.
+                    // The connection dropped. Reconnect and LISTEN again before
+                    // sweeping, so nothing committed in between is missed.
                     Ok(None) => {
                         tracing::warn!("LISTEN connection lost; reconnecting and sweeping");
-                        metrics.listener_reconnects.increment(1);
-                        wakeups.wake_all();
+                        break;
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "LISTEN connection failed; reconnecting");

@@ -109,6 +109,12 @@ pub async fn retry(
         let current = queue::store::get(&state.pool, webhook_id.as_str(), delivery_id.as_str())
             .await?
             .ok_or(ApiError::NotFound("delivery"))?;
+        if current.status == "failed" {
+            return Err(ApiError::Conflict(
+                "the webhook is inactive; reactivate it (PATCH {\"active\": true}) before retrying"
+                    .into(),
+            ));
+        }
         return Err(ApiError::Conflict(format!(
             "only a failed delivery can be retried by hand; this one is {}",
             current.status

@@ -74,6 +74,11 @@ impl From<sqlx::Error> for ApiError {
         {
             return Self::Validation(format!("a value could not be stored: {}", db.message()));
         }
+        // A foreign key that vanished under us: the webhook was deleted while
+        // this request ran. The client can retry (and will then get a 404).
+        if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23503") {
+            return Self::Conflict("the webhook was deleted while this request ran".into());
+        }
         match e {
             // The pool could not hand out a connection: the database is down
             // or saturated; the client may retry.

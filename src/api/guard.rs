@@ -45,13 +45,20 @@ fn client_ip(req: &ServiceRequest, trust_proxy: bool) -> Option<IpAddr> {
     if !trust_proxy {
         return peer;
     }
-    let forwarded = req
+    // The last hop is the one our proxy appended; anything before it came
+    // from the client. A last hop that is not an address falls back to the peer.
+    let last_hop = req
         .headers()
         .get_all("x-forwarded-for")
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|hop| hop.trim().parse::<IpAddr>().ok())
-        .last();
+        .last()
+        .map(str::trim);
+    let forwarded = last_hop.and_then(|hop| {
+        hop.parse::<IpAddr>()
+            .ok()
+            .or_else(|| hop.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+    });
     forwarded.or(peer)
 }
 

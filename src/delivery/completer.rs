@@ -4,10 +4,11 @@
 //! under a flood. One commit per batch instead of one per delivery is what
 //! lifts throughput past the database's commit rate.
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::queue::Finished;
@@ -19,21 +20,65 @@ pub fn channel() -> (mpsc::Sender<Finished>, mpsc::Receiver<Finished>) {
     mpsc::channel(4 * MAX_BATCH)
 }
 
-/// Runs until every sender is dropped and the channel is drained.
-pub async fn run(pool: PgPool, metrics: Arc<Metrics>, mut finished: mpsc::Receiver<Finished>) {
+/// During shutdown a failing write is retried this long at most, so the
+/// process still exits in time; the leases then expire as after a crash.
+const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Runs until every sender is dropped and the channel is drained. `lease` is
+/// how long a write can still matter: after it, the fence refuses it anyway.
+pub async fn run(
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    mut finished: mpsc::Receiver<Finished>,
+    lease: Duration,
+    shutdown: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while finished.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        // A failed write is retried briefly; after that the leases expire
-        // and the deliveries are sent again (at-least-once).
-        for retry in 0..3 {
-            match super::record(&pool, &metrics, &batch).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, attempts = batch.len(), retry, "recording delivery attempts failed");
-                    tokio::time::sleep(Duration::from_millis(100 << retry)).await;
+        let patience = if shutdown.is_cancelled() {
+            SHUTDOWN_PATIENCE
+        } else {
+            lease
+        };
+        record_patiently(&pool, &metrics, &batch, patience).await;
+        batch.clear();
+    }
+}
+
+/// Postgres refused a value (class 22) or a constraint (class 23): retrying the
+/// same rows will not help, but the other rows of the batch may be fine.
+fn is_row_error(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
+/// Retries while the leases can still be honoured, so a database blip does not
+/// turn into duplicate sends; one bad row is recorded apart from the rest.
+async fn record_patiently(pool: &PgPool, metrics: &Metrics, batch: &[Finished], lease: Duration) {
+    let give_up = Instant::now() + lease;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match super::record(pool, metrics, batch).await {
+            Ok(()) => return,
+            Err(e) if is_row_error(&e) && batch.len() > 1 => {
+                tracing::warn!(error = %e, attempts = batch.len(), "recording a batch failed on a row; recording one by one");
+                for one in batch {
+                    if let Err(e) = super::record(pool, metrics, std::slice::from_ref(one)).await {
+                        tracing::error!(delivery = %one.id, error = %e, "could not record an attempt; the delivery is sent again when its lease expires");
+                    }
                 }
+                return;
+            }
+            Err(e) if Instant::now() + delay < give_up => {
+                tracing::warn!(error = %e, attempts = batch.len(), retry_in_ms = delay.as_millis() as u64, "recording delivery attempts failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(error = %e, attempts = batch.len(), "gave up recording attempts; those deliveries are sent again when their leases expire");
+                return;
             }
         }
-        batch.clear();
     }
 }

@@ -169,7 +169,7 @@ impl Sender {
         Ok(Response {
             status,
             retry_after,
-            excerpt: String::from_utf8_lossy(&excerpt).into_owned(),
+            excerpt: storable(&String::from_utf8_lossy(&excerpt)),
         })
     }
 
@@ -184,11 +184,17 @@ impl Sender {
         if e.is_timeout() {
             SendError::Timeout(self.timeout.as_millis() as u64)
         } else if e.is_connect() {
-            SendError::Connect(error_chain(&e))
+            SendError::Connect(storable(&error_chain(&e)))
         } else {
-            SendError::Request(error_chain(&e))
+            SendError::Request(storable(&error_chain(&e)))
         }
     }
+}
+
+/// Postgres text cannot hold NUL; a receiver's binary answer must not stop
+/// the attempt from being recorded.
+pub fn storable(text: &str) -> String {
+    text.replace('\0', "\u{FFFD}")
 }
 
 /// "outer: inner: innermost", without repeating reqwest's URL noise.

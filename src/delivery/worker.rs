@@ -79,8 +79,10 @@ impl Worker {
             return Ok(WorkOutcome::Idle);
         }
         let lease_ms = self.config.lease.as_millis() as i64;
-        let claimed = queue::store::claim_due(&self.pool, free as i64, lease_ms).await?;
-        let n = claimed.len();
+        // `taken` counts an inactive webhook's rows too (failed by the claim,
+        // not sent): they still mean the queue had that much due work.
+        let (claimed, taken) =
+            queue::store::claim_due_counted(&self.pool, free as i64, lease_ms).await?;
         for delivery in claimed {
             // This loop is the only acquirer, so the permits counted above are still free.
             let permit = self
@@ -104,10 +106,10 @@ impl Worker {
                 drop(permit);
             });
         }
-        Ok(if n == 0 {
+        Ok(if taken == 0 {
             WorkOutcome::Idle
         } else {
-            WorkOutcome::Started(n)
+            WorkOutcome::Started(taken)
         })
     }
 

@@ -8,14 +8,17 @@ use super::ip_policy::is_forbidden;
 
 pub const MAX_LEN: usize = 2048;
 
+/// The parsed URL, and the text as the operator wrote it (what is stored and
+/// echoed back; the parsed form is what requests are sent to).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WebhookUrl(url::Url);
+pub struct WebhookUrl(url::Url, String);
 
 impl WebhookUrl {
     /// Syntax only: scheme, host, length, no credentials.
     pub fn parse(raw: &str) -> Result<Self, InvalidField> {
         let bad = |m: &str| InvalidField::new("url", m);
-        if raw.len() > MAX_LEN {
+        let raw = raw.trim();
+        if raw.chars().count() > MAX_LEN {
             return Err(bad("must be at most 2048 characters"));
         }
         let url = url::Url::parse(raw)
@@ -31,7 +34,7 @@ impl WebhookUrl {
                 "must not carry credentials; authenticate with the signature",
             ));
         }
-        Ok(Self(url))
+        Ok(Self(url, raw.to_owned()))
     }
 
     /// Parses and applies the SSRF policy to the host: an IP literal is judged
@@ -84,8 +87,9 @@ impl WebhookUrl {
         self.0.as_str()
     }
 
+    /// The URL as given (trimmed), at most 2048 characters: what is stored.
     pub fn into_string(self) -> String {
-        self.0.into()
+        self.1
     }
 }
 

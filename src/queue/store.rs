@@ -11,6 +11,16 @@ use super::{Attempt, AttemptRecord, Claimed, Delivery, Finished, NextState};
 /// (one statement) before anything is sent. Deliveries of an inactive webhook
 /// are marked `failed` in the same statement and not returned for sending.
 pub async fn claim_due(pool: &PgPool, batch: i64, lease_ms: i64) -> sqlx::Result<Vec<Claimed>> {
+    Ok(claim_due_counted(pool, batch, lease_ms).await?.0)
+}
+
+/// `claim_due`, plus how many rows the claim took in all (inactive ones
+/// included): a worker keeps claiming while that fills the batch.
+pub async fn claim_due_counted(
+    pool: &PgPool,
+    batch: i64,
+    lease_ms: i64,
+) -> sqlx::Result<(Vec<Claimed>, usize)> {
     let rows = sqlx::query!(
         r#"
         WITH due AS (
@@ -41,7 +51,8 @@ pub async fn claim_due(pool: &PgPool, batch: i64, lease_ms: i64) -> sqlx::Result
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
+    let taken = rows.len();
+    let sendable = rows
         .into_iter()
         .filter_map(|r| {
             Some(Claimed {
@@ -55,7 +66,8 @@ pub async fn claim_due(pool: &PgPool, batch: i64, lease_ms: i64) -> sqlx::Result
                 body: r.body,
             })
         })
-        .collect())
+        .collect();
+    Ok((sendable, taken))
 }
 
 /// Inserts a delivery already claimed by the caller (the `/test` endpoint),
@@ -95,8 +107,8 @@ pub async fn insert_claimed(
     .await
 }
 
-/// Claims one `failed` delivery for a manual retry. `None` when it is not
-/// failed (or does not exist).
+/// Claims one `failed` delivery of an active webhook for a manual retry.
+/// `None` when it is not failed, its webhook is inactive, or it does not exist.
 pub async fn claim_failed(
     pool: &PgPool,
     webhook_id: &str,
@@ -112,7 +124,7 @@ pub async fn claim_failed(
             lease_expires_at = now() + make_interval(secs => $3::float8 / 1000),
             lease_token      = gen_random_uuid()
         FROM webhooks w
-        WHERE d.id = $2 AND d.webhook_id = $1 AND d.status = 'failed' AND w.id = d.webhook_id
+        WHERE d.id = $2 AND d.webhook_id = $1 AND d.status = 'failed' AND w.id = d.webhook_id AND w.active
         RETURNING d.id, d.lease_token AS "lease_token!", d.attempts, d.webhook_id, w.url, w.secret,
                   d.event_type, d.body
         "#,

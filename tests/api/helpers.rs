@@ -225,6 +225,7 @@ pub struct Reply {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
     pub delay: Duration,
+    pub body: Vec<u8>,
 }
 
 impl Reply {
@@ -233,7 +234,13 @@ impl Reply {
             status,
             headers: vec![],
             delay: Duration::ZERO,
+            body: b"ok".to_vec(),
         }
+    }
+
+    pub fn body(mut self, body: &[u8]) -> Self {
+        self.body = body.to_vec();
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -310,7 +317,7 @@ async fn record(
     for (name, value) in reply.headers {
         response.insert_header((name, value));
     }
-    response.body("ok")
+    response.body(reply.body)
 }
 
 impl Receiver {

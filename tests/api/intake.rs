@@ -187,3 +187,28 @@ async fn events_committed_while_the_service_is_down_are_swept_on_start(pool: PgP
         .assert_stays_at(20, Duration::from_millis(200))
         .await;
 }
+
+#[sqlx::test]
+async fn a_plain_insert_of_a_known_event_id_is_skipped_without_failing_the_transaction(
+    pool: PgPool,
+) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    let insert = "INSERT INTO webhook_events (event_type, event_id, data) VALUES ('pool.created', 'plain-dup', '{}')";
+    sqlx::query(insert).execute(&app.pool).await.unwrap();
+    receiver.wait_for(1, WAIT).await;
+    let mut tx = app.pool.begin().await.unwrap();
+    let again = sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    assert_eq!(again.rows_affected(), 0, "skipped, not an error");
+    sqlx::query("SELECT webhook_publish('pool.closed', '{}', 'after-dup')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    receiver.wait_for(2, WAIT).await;
+    receiver
+        .assert_stays_at(2, Duration::from_millis(300))
+        .await;
+    assert_eq!(event_ids(&receiver), ["plain-dup", "after-dup"]);
+}

@@ -97,6 +97,26 @@ async fn x_forwarded_for_does_not_escape_the_limit_unless_the_proxy_is_trusted(p
         200
     );
     assert_eq!(with_xff("198.51.100.2").await.unwrap().status(), 200);
+    // An unparsable last hop falls back to the TCP peer; the client-written hop
+    // before it never counts.
+    let statuses = [
+        with_xff("198.51.100.77, garbage").await.unwrap().status(),
+        with_xff("198.51.100.78, garbage").await.unwrap().status(),
+        with_xff("198.51.100.79, garbage").await.unwrap().status(),
+    ];
+    assert_eq!(
+        statuses,
+        [200, 200, 429],
+        "all three share the peer's budget"
+    );
+    // host:port form, as some proxies write it.
+    assert_eq!(with_xff("198.51.100.5:4711").await.unwrap().status(), 200);
+    assert_eq!(with_xff("198.51.100.5").await.unwrap().status(), 200);
+    assert_eq!(
+        with_xff("198.51.100.5").await.unwrap().status(),
+        429,
+        "the same client"
+    );
 }
 
 #[sqlx::test]

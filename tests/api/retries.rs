@@ -255,3 +255,48 @@ async fn a_failed_delivery_can_be_retried_by_hand(pool: PgPool) {
         .await;
     assert_eq!(again.status(), 409);
 }
+
+#[sqlx::test]
+async fn a_binary_answer_with_nul_bytes_is_recorded(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(200).body(b"\x00\x1f\x8b binary \x00")]);
+    let app = spawn(pool).await;
+    let (_, d) = deliver_once(&app, &receiver.url).await;
+    assert_eq!(d["status"], "success", "{d:#}");
+    let excerpt = d["attempt_log"][0]["response_excerpt"].as_str().unwrap();
+    assert!(
+        excerpt.contains("binary") && !excerpt.contains('\0'),
+        "{excerpt:?}"
+    );
+    assert_eq!(
+        receiver.received().len(),
+        1,
+        "recorded once, not sent again"
+    );
+}
+
+#[sqlx::test]
+async fn a_failed_delivery_of_an_inactive_webhook_is_not_retried_by_hand(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(404)]);
+    let app = spawn(pool).await;
+    let (id, d) = deliver_once(&app, &receiver.url).await;
+    app.patch(&format!("/api/v1/webhooks/{id}"), json!({"active": false}))
+        .await;
+    let path = format!(
+        "/api/v1/webhooks/{id}/deliveries/{}/retry",
+        d["id"].as_str().unwrap()
+    );
+    let refused = app.post_empty(&path).await;
+    assert_eq!(refused.status(), 409);
+    let error: Value = refused.json().await.unwrap();
+    assert!(
+        error["message"].as_str().unwrap().contains("inactive"),
+        "{error}"
+    );
+    assert_eq!(receiver.received().len(), 1);
+    app.patch(&format!("/api/v1/webhooks/{id}"), json!({"active": true}))
+        .await;
+    assert_eq!(app.post_empty(&path).await.status(), 200);
+    assert_eq!(receiver.received().len(), 2);
+}

@@ -534,3 +534,17 @@ async fn values_postgres_cannot_store_are_a_400_not_a_500(pool: PgPool) {
         "the service survived"
     );
 }
+
+#[sqlx::test]
+async fn the_url_is_stored_and_echoed_as_given_and_its_limit_counts_characters(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let created = app.create_webhook("https://example.com:8443", &["*"]).await;
+    assert_eq!(created["url"], "https://example.com:8443");
+    // 2,040 characters of which many are two-byte: within the limit.
+    let wide = format!("https://example.com/{}", "é".repeat(2020));
+    assert_eq!(wide.chars().count(), 2040);
+    let response = app
+        .post("/api/v1/webhooks", json!({"url": wide, "events": ["*"]}))
+        .await;
+    assert_eq!(response.status(), 201);
+}
