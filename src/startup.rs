@@ -54,13 +54,17 @@ impl Application {
         let listener = TcpListener::bind((config.host.as_str(), config.port))
             .with_context(|| format!("binding {}:{} (HOST, PORT)", config.host, config.port))?;
         let port = listener.local_addr()?.port();
-        let server =
-            HttpServer::new(move || App::new().app_data(state.clone()).configure(api::configure))
-                .listen(listener)?
-                // Signals are handled once, in `shutdown`, for the whole process.
-                .disable_signals()
-                .shutdown_timeout(config.timeout().as_secs() + 1)
-                .run();
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::from_fn(api::access_log::log))
+                .app_data(state.clone())
+                .configure(api::configure)
+        })
+        .listen(listener)?
+        // Signals are handled once, in `shutdown`, for the whole process.
+        .disable_signals()
+        .shutdown_timeout(config.timeout().as_secs() + 1)
+        .run();
         Ok(Self {
             port,
             server,

@@ -107,7 +107,8 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         if let Self::Unexpected(e) = self {
-            tracing::error!(error.message = %e, error.cause_chain = ?e, "request failed");
+            // `{:#}` prints the cause chain on one line (no backtrace).
+            tracing::error!(error = %format!("{e:#}"), "request failed");
         }
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, Self::Unauthorized) {

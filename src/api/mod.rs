@@ -1,6 +1,7 @@
 //! The actix-web adapter. Handlers are thin: extract → parse into domain
 //! types → entry point or store → JSON. `configure` is the only route table,
 //! shared by `startup` and the tests.
+pub mod access_log;
 pub mod dashboard;
 pub mod deliveries;
 pub mod error;
