@@ -55,15 +55,6 @@ pub async fn publish(
                 .into(),
         ));
     }
-    if body
-        .event_id
-        .as_deref()
-        .is_some_and(|id| id.is_empty() || id.len() > 255)
-    {
-        return Err(ApiError::Validation(
-            "event_id: must be 1 to 255 characters".into(),
-        ));
-    }
     // Publish and fan out in one transaction: the same path as the indexer's
     // SQL, with the count of deliveries known before we answer.
     let mut tx = state.pool.begin().await?;
@@ -85,10 +76,11 @@ pub async fn publish(
         }
         IntakeError::Database(e) => e.into(),
     })?;
-    let deliveries = fanout::dispatch_event(&mut tx, &event_id).await?;
+    let (dispatched, deliveries) = fanout::dispatch_event(&mut tx, &event_id).await?;
     tx.commit().await?;
     state.metrics.events_published_http.increment(1);
-    state.metrics.events_dispatched.increment(1);
+    // 0 when the event_id was already known (and fanned out before).
+    state.metrics.events_dispatched.increment(dispatched as u64);
     state
         .metrics
         .deliveries_created

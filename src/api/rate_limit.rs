@@ -68,11 +68,12 @@ impl IpLimiter {
 
     pub fn check(&self, ip: IpAddr) -> Decision {
         let key = normalize(ip);
-        let limiter = self.inner.read().unwrap().clone();
+        let mut limiter = self.inner.read().unwrap().clone();
         if limiter.len() >= self.max_keys {
             self.prune(&limiter);
+            // prune may have swapped in a fresh map
+            limiter = self.inner.read().unwrap().clone();
         }
-        let limiter = self.inner.read().unwrap().clone();
         let secs_ceil = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
         match limiter.check_key(&key) {
             Ok(snapshot) => {

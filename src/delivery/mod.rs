@@ -19,7 +19,6 @@ use crate::domain::secret::WebhookSecret;
 use crate::metrics::Metrics;
 use crate::queue::retry::RetryPolicy;
 use crate::queue::{self, AttemptRecord, Claimed, Finished, NextState};
-use outcome::Outcome;
 use sender::{Request, Sender};
 
 #[derive(Clone)]
@@ -43,15 +42,15 @@ impl Deliverer {
     /// Sends one claimed delivery and records the attempt at once (the API's
     /// `/test` and manual retry, which answer with the recorded result). `Err`
     /// means the database write failed (the lease then expires and the
-    /// delivery is sent again); a receiver's failure is an `Ok(Outcome)`.
-    pub async fn deliver(&self, claimed: Claimed) -> anyhow::Result<Outcome> {
-        let (outcome, finished) = self.attempt(&claimed).await;
+    /// delivery is sent again); a receiver's failure is recorded data, `Ok`.
+    pub async fn deliver(&self, claimed: Claimed) -> anyhow::Result<()> {
+        let finished = self.attempt(&claimed).await;
         record(&self.pool, &self.metrics, &[finished]).await?;
-        Ok(outcome)
+        Ok(())
     }
 
     /// Signs, sends and classifies one attempt, without touching the database.
-    pub async fn attempt(&self, claimed: &Claimed) -> (Outcome, Finished) {
+    pub async fn attempt(&self, claimed: &Claimed) -> Finished {
         let started_at = Utc::now();
         let secret = WebhookSecret::from_stored(claimed.secret.clone());
         let signatures = signing::sign(
@@ -77,7 +76,7 @@ impl Deliverer {
         self.metrics.attempt_seconds.record(elapsed.as_secs_f64());
         let attempts = claimed.attempts as u32 + 1;
         let unit = rand::rng().random::<f64>();
-        let outcome = outcome::classify(&result, attempts, &self.policy, Utc::now(), unit);
+        let next = outcome::classify(&result, attempts, &self.policy, Utc::now(), unit);
         let attempt = AttemptRecord {
             started_at,
             duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
@@ -90,18 +89,12 @@ impl Deliverer {
             error: outcome::describe(&result),
             response_excerpt: result.as_ref().ok().map(|r| r.excerpt.clone()),
         };
-        let next = match &outcome {
-            Outcome::Success => NextState::Success,
-            Outcome::Retry { at } => NextState::Retry { at: *at },
-            Outcome::Failed => NextState::Failed,
-        };
-        let finished = Finished {
+        Finished {
             id: claimed.id.clone(),
             lease_token: claimed.lease_token,
             attempt,
             next,
-        };
-        (outcome, finished)
+        }
     }
 }
 

@@ -5,24 +5,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::sender::{Response, SendError};
+/// The outcome of an attempt is the delivery's next state in the queue.
+pub use crate::queue::NextState as Outcome;
 use crate::queue::retry::RetryPolicy;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
-    Success,
-    Retry { at: DateTime<Utc> },
-    Failed,
-}
-
-impl Outcome {
-    pub fn status(&self) -> &'static str {
-        match self {
-            Self::Success => "success",
-            Self::Retry { .. } => "pending",
-            Self::Failed => "failed",
-        }
-    }
-}
 
 /// Whether a receiver's answer or a transport error is worth another try.
 pub fn is_retryable(result: &Result<Response, SendError>) -> bool {

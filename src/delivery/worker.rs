@@ -97,7 +97,7 @@ impl Worker {
             let completed = self.completed.clone();
             metrics.in_flight.increment(1.0);
             self.tasks.spawn(async move {
-                let (_, finished) = deliverer.attempt(&delivery).await;
+                let finished = deliverer.attempt(&delivery).await;
                 if completed.send(finished).await.is_err() {
                     tracing::error!(delivery = %delivery.id, "the completer is gone; the delivery is sent again when its lease expires");
                 }

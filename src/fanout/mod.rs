@@ -23,9 +23,12 @@ pub enum FanoutOutcome {
 }
 
 /// Fans out one specific event inside the caller's transaction (POST /events).
-/// Returns the number of deliveries created; 0 if it was already dispatched.
-pub async fn dispatch_event(conn: &mut sqlx::PgConnection, event_id: &str) -> sqlx::Result<i64> {
-    Ok(store::dispatch(conn, 1, Some(event_id)).await?.1)
+/// Returns (events dispatched, deliveries created): (0, 0) if it was already dispatched.
+pub async fn dispatch_event(
+    conn: &mut sqlx::PgConnection,
+    event_id: &str,
+) -> sqlx::Result<(i64, i64)> {
+    store::dispatch(conn, 1, Some(event_id)).await
 }
 
 pub async fn run_once(pool: &PgPool) -> sqlx::Result<FanoutOutcome> {

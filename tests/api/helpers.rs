@@ -107,6 +107,17 @@ impl TestApp {
         }
     }
 
+    /// The status of the open `GET /health`.
+    pub async fn health_status(&self) -> u16 {
+        self.client
+            .get(self.url("/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.address, path)
     }

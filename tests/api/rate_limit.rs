@@ -46,15 +46,7 @@ async fn the_request_after_the_limit_gets_429_with_retry_after(pool: PgPool) {
         .unwrap();
     assert_eq!(anonymous.status(), 429);
     // Open endpoints are not limited.
-    assert_eq!(
-        app.client
-            .get(app.url("/health"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.health_status().await, 200);
 }
 
 #[sqlx::test]
