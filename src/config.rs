@@ -7,6 +7,7 @@ use clap::Args;
 use clap::builder::BoolishValueParser;
 use secrecy::SecretString;
 
+use crate::queue::breaker::BreakerConfig;
 use crate::queue::retry::RetryPolicy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -86,6 +87,16 @@ pub struct Config {
     /// Allow webhook URLs on loopback, private, link-local and similar addresses.
     #[arg(long, env = "WEBHOOK_ALLOW_PRIVATE_TARGETS", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub webhook_allow_private_targets: bool,
+    /// Consecutive failed attempts that open an endpoint's circuit.
+    #[arg(long, env = "WEBHOOK_BREAKER_THRESHOLD", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub webhook_breaker_threshold: u32,
+    /// First cool-down of an open circuit in milliseconds (doubles on each
+    /// failed probe, capped at WEBHOOK_RETRY_MAX_MS).
+    #[arg(long, env = "WEBHOOK_BREAKER_COOLDOWN_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=31_536_000_000))]
+    pub webhook_breaker_cooldown_ms: u64,
+    /// A circuit open this many seconds with no success disables the webhook.
+    #[arg(long, env = "WEBHOOK_DISABLE_AFTER_S", default_value_t = 432_000, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
+    pub webhook_disable_after_s: u64,
     /// Successful deliveries older than this many days are purged.
     #[arg(long, env = "WEBHOOK_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     pub webhook_retention_days: u32,
@@ -147,6 +158,18 @@ impl Config {
             self.webhook_lease_ms
                 .unwrap_or(self.webhook_timeout_ms + 30_000),
         )
+    }
+
+    pub fn breaker(&self) -> BreakerConfig {
+        BreakerConfig {
+            threshold: self.webhook_breaker_threshold,
+            cooldown: Duration::from_millis(self.webhook_breaker_cooldown_ms),
+            max_cooldown: Duration::from_millis(
+                self.webhook_retry_max_ms
+                    .max(self.webhook_breaker_cooldown_ms),
+            ),
+            disable_after: Duration::from_secs(self.webhook_disable_after_s),
+        }
     }
 
     pub fn retry_policy(&self) -> RetryPolicy {

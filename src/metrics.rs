@@ -21,6 +21,9 @@ pub struct Metrics {
     pub listener_reconnects: Counter,
     pub due_backlog: Gauge,
     pub oldest_due_age_seconds: Gauge,
+    pub circuits_open: Gauge,
+    disabled_gone: Counter,
+    disabled_circuit_open: Counter,
 }
 
 impl Metrics {
@@ -63,6 +66,15 @@ impl Metrics {
             "webhook_listener_reconnects_total",
             "Reconnects of the LISTEN connection.",
         );
+        describe(
+            "webhook_disabled_total",
+            "Webhooks disabled by the service, by reason: gone (410), circuit_open (open too long).",
+        );
+        recorder.describe_gauge(
+            "webhook_circuit_open".into(),
+            None,
+            "Active webhooks whose circuit is open or half-open (all instances).".into(),
+        );
         recorder.describe_histogram(
             "webhook_attempt_duration_seconds".into(),
             Some(metrics::Unit::Seconds),
@@ -96,7 +108,18 @@ impl Metrics {
             listener_reconnects: counter("webhook_listener_reconnects_total", &[]),
             due_backlog: gauge("webhook_due_backlog"),
             oldest_due_age_seconds: gauge("webhook_oldest_due_age_seconds"),
+            circuits_open: gauge("webhook_circuit_open"),
+            disabled_gone: counter("webhook_disabled_total", &[("reason", "gone")]),
+            disabled_circuit_open: counter("webhook_disabled_total", &[("reason", "circuit_open")]),
             handle: recorder.handle(),
+        }
+    }
+
+    /// Counts a webhook the service disabled; `kind` is `DisableReason::kind`.
+    pub fn disabled(&self, kind: &str) {
+        match kind {
+            "gone" => self.disabled_gone.increment(1),
+            _ => self.disabled_circuit_open.increment(1),
         }
     }
 

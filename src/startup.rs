@@ -47,6 +47,7 @@ impl Application {
             pool.clone(),
             sender(&config)?,
             config.retry_policy(),
+            config.breaker(),
             metrics.clone(),
         );
         let state = api_state(&config, &pool, admin_key, metrics.clone())?;
@@ -104,6 +105,7 @@ impl Application {
         tracker.spawn(completer::run(
             self.pool.clone(),
             self.metrics.clone(),
+            self.config.breaker(),
             finished,
             self.config.lease(),
             shutdown.clone(),
@@ -177,6 +179,7 @@ pub fn api_state(
         pool.clone(),
         sender(config)?,
         config.retry_policy(),
+        config.breaker(),
         metrics.clone(),
     );
     Ok(web::Data::new(ApiState {

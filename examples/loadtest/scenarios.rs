@@ -325,7 +325,14 @@ async fn drain(
     target: i64,
     done: &std::sync::atomic::AtomicI64,
 ) -> anyhow::Result<()> {
-    use smartdrop_webhooks::queue::{AttemptRecord, Finished, NextState, store};
+    use smartdrop_webhooks::queue::breaker::BreakerConfig;
+    use smartdrop_webhooks::queue::{AttemptRecord, Finished, NextState, completion, store};
+    let breaker = BreakerConfig {
+        threshold: 10,
+        cooldown: Duration::from_secs(30),
+        max_cooldown: Duration::from_secs(3600),
+        disable_after: Duration::from_secs(432_000),
+    };
     loop {
         // Reserve a share of the target first, so concurrent drainers never overshoot.
         let reserved = done.fetch_add(500, Ordering::SeqCst);
@@ -337,7 +344,9 @@ async fn drain(
             .iter()
             .map(|c| Finished {
                 id: c.id.clone(),
+                webhook_id: c.webhook_id.clone(),
                 lease_token: c.lease_token,
+                probe: c.probe,
                 attempt: AttemptRecord {
                     started_at: chrono::Utc::now(),
                     duration_ms: 1,
@@ -349,7 +358,7 @@ async fn drain(
                 next: NextState::Success,
             })
             .collect();
-        store::finish_many(pool, &finished).await?;
+        completion::complete(pool, &finished, &breaker).await?;
     }
 }
 

@@ -50,6 +50,14 @@ pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
             .oldest_due_age_seconds
             .set(backlog.oldest_due_age_seconds.unwrap_or(0.0));
     }
+    if let Ok(Ok(open)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        crate::queue::endpoints::open_count(&state.pool),
+    )
+    .await
+    {
+        state.metrics.circuits_open.set(open as f64);
+    }
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -38,6 +38,8 @@ impl Modify for BearerAuth {
         page::Page<webhooks::WebhookView>, page::Page<queue::Delivery>,
         reporting::Stats, reporting::Totals, reporting::Backlog, reporting::WebhookHealth,
         reporting::HourlyVolume, reporting::FailureReason, reporting::RecentFailure,
+        reporting::OpenCircuit, reporting::DisabledWebhook,
+        queue::endpoints::CircuitView, queue::breaker::Circuit, crate::webhooks::Ordering,
     )),
     modifiers(&BearerAuth),
 )]

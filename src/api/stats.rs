@@ -53,6 +53,10 @@ async fn stats(
         store::failure_reasons(pool, since, only),
         store::recent_failures(pool, since, only),
     )?;
+    let (open_circuits, disabled_webhooks) = tokio::try_join!(
+        store::open_circuits(pool, only),
+        store::disabled(pool, only)
+    )?;
     Ok(Stats {
         window,
         since,
@@ -63,6 +67,8 @@ async fn stats(
         hourly,
         failure_reasons,
         recent_failures,
+        open_circuits,
+        disabled_webhooks,
     })
 }
 

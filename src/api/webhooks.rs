@@ -13,11 +13,13 @@ use crate::domain::ids::WebhookId;
 use crate::domain::secret::{self, WebhookSecret};
 use crate::domain::webhook_url::WebhookUrl;
 use crate::intake;
+use crate::queue::endpoints::CircuitView;
 use crate::queue::{self, Delivery};
-use crate::webhooks::{NewWebhook, Webhook, WebhookPatch, store};
+use crate::webhooks::{self, NewWebhook, Ordering, Webhook, WebhookPatch, store};
 
 const MAX_DESCRIPTION: usize = 500;
 const MAX_PATTERNS: usize = 100;
+const MAX_RATE_LIMIT: i64 = 100_000;
 pub const TEST_EVENT: &str = "pool.assets_locked";
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -33,6 +35,11 @@ pub struct CreateWebhook {
     pub description: Option<String>,
     /// Defaults to true.
     pub active: Option<bool>,
+    /// Deliveries per second to this endpoint, across all instances (1 to
+    /// 100000); absent or `null` = unlimited.
+    pub rate_limit: Option<i64>,
+    /// `unordered` (default) or `fifo`.
+    pub ordering: Option<Ordering>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -40,16 +47,24 @@ pub struct CreateWebhook {
 pub struct PatchWebhook {
     pub url: Option<String>,
     pub events: Option<Vec<String>>,
+    /// `true` re-enables a disabled webhook and resets its circuit.
     pub active: Option<bool>,
     /// `null` clears the description.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>)]
     pub description: Option<Option<String>>,
+    /// `null` removes the limit.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<i64>)]
+    pub rate_limit: Option<Option<i64>>,
+    pub ordering: Option<Ordering>,
 }
 
 /// Distinguishes an absent field (outer `None`) from `null` (`Some(None)`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
-    Option::<String>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -61,6 +76,14 @@ pub struct WebhookView {
     pub description: Option<String>,
     /// Recognisable, not usable: `whsec_AbCd…wXyZ`.
     pub secret_preview: String,
+    /// Deliveries per second, across all instances; `null` = unlimited.
+    pub rate_limit: Option<i32>,
+    pub ordering: Ordering,
+    /// Why the service disabled it (`410 Gone`, a circuit open too long);
+    /// `null` when it is enabled or was deactivated by hand.
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub circuit: CircuitView,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -82,6 +105,11 @@ impl From<Webhook> for WebhookView {
             events: w.events,
             active: w.active,
             description: w.description,
+            rate_limit: w.rate_limit,
+            ordering: w.ordering,
+            disabled_reason: w.disabled_reason,
+            disabled_at: w.disabled_at,
+            circuit: w.circuit,
             created_at: w.created_at,
             updated_at: w.updated_at,
         }
@@ -126,6 +154,19 @@ async fn validate_events(state: &ApiState, events: Vec<String>) -> Result<Vec<St
     Ok(accepted)
 }
 
+fn validate_rate_limit(r: Option<i64>) -> Result<Option<i32>, ApiError> {
+    match r {
+        Some(r) if !(1..=MAX_RATE_LIMIT).contains(&r) => Err(InvalidField::new(
+            "rate_limit",
+            format!(
+                "must be between 1 and {MAX_RATE_LIMIT} deliveries per second, or null for no limit"
+            ),
+        )
+        .into()),
+        r => Ok(r.map(|r| r as i32)),
+    }
+}
+
 fn validate_description(d: Option<String>) -> Result<Option<String>, ApiError> {
     match d {
         Some(d) if d.chars().count() > MAX_DESCRIPTION => Err(InvalidField::new(
@@ -157,6 +198,8 @@ pub async fn create(
         secret: secret.expose().to_owned(),
         description: validate_description(body.description)?,
         active: body.active.unwrap_or(true),
+        rate_limit: validate_rate_limit(body.rate_limit)?,
+        ordering: body.ordering.unwrap_or(Ordering::Unordered),
     };
     let created = store::create(&state.pool, &new).await?;
     tracing::info!(webhook = %created.id, "webhook registered");
@@ -209,9 +252,12 @@ pub async fn patch(
         && body.events.is_none()
         && body.active.is_none()
         && body.description.is_none()
+        && body.rate_limit.is_none()
+        && body.ordering.is_none()
     {
         return Err(ApiError::Validation(
-            "the body must change at least one of url, events, active, description".into(),
+            "the body must change at least one of url, events, active, description, rate_limit, ordering"
+                .into(),
         ));
     }
     let url = match body.url {
@@ -230,13 +276,19 @@ pub async fn patch(
         Some(d) => Some(validate_description(d)?),
         None => None,
     };
+    let rate_limit = match body.rate_limit {
+        Some(r) => Some(validate_rate_limit(r)?),
+        None => None,
+    };
     let patch = WebhookPatch {
         url,
         events,
         active: body.active,
         description,
+        rate_limit,
+        ordering: body.ordering,
     };
-    let webhook = store::patch(&state.pool, id.as_str(), &patch)
+    let webhook = webhooks::update(&state.pool, id.as_str(), &patch)
         .await?
         .ok_or(ApiError::NotFound("webhook"))?;
     Ok(HttpResponse::Ok().json(WebhookView::from(webhook)))

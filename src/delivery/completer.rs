@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::queue::Finished;
+use crate::queue::breaker::BreakerConfig;
 
 /// Most attempts recorded by one statement.
 const MAX_BATCH: usize = 512;
@@ -29,6 +30,7 @@ const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(2);
 pub async fn run(
     pool: PgPool,
     metrics: Arc<Metrics>,
+    breaker: BreakerConfig,
     mut finished: mpsc::Receiver<Finished>,
     lease: Duration,
     shutdown: CancellationToken,
@@ -40,7 +42,7 @@ pub async fn run(
         } else {
             lease
         };
-        record_patiently(&pool, &metrics, &batch, patience).await;
+        record_patiently(&pool, &metrics, &breaker, &batch, patience).await;
         batch.clear();
     }
 }
@@ -55,16 +57,24 @@ fn is_row_error(e: &sqlx::Error) -> bool {
 
 /// Retries while the leases can still be honoured, so a database blip does not
 /// turn into duplicate sends; one bad row is recorded apart from the rest.
-async fn record_patiently(pool: &PgPool, metrics: &Metrics, batch: &[Finished], lease: Duration) {
+async fn record_patiently(
+    pool: &PgPool,
+    metrics: &Metrics,
+    breaker: &BreakerConfig,
+    batch: &[Finished],
+    lease: Duration,
+) {
     let give_up = Instant::now() + lease;
     let mut delay = Duration::from_millis(50);
     loop {
-        match super::record(pool, metrics, batch).await {
+        match super::record(pool, metrics, breaker, batch).await {
             Ok(()) => return,
             Err(e) if is_row_error(&e) && batch.len() > 1 => {
                 tracing::warn!(error = %e, attempts = batch.len(), "recording a batch failed on a row; recording one by one");
                 for one in batch {
-                    if let Err(e) = super::record(pool, metrics, std::slice::from_ref(one)).await {
+                    if let Err(e) =
+                        super::record(pool, metrics, breaker, std::slice::from_ref(one)).await
+                    {
                         tracing::error!(delivery = %one.id, error = %e, "could not record an attempt; the delivery is sent again when its lease expires");
                     }
                 }

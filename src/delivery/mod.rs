@@ -7,7 +7,6 @@ pub mod sender;
 pub mod signing;
 pub mod worker;
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,8 +16,11 @@ use sqlx::PgPool;
 
 use crate::domain::secret::WebhookSecret;
 use crate::metrics::Metrics;
+use crate::queue::breaker::{BreakerConfig, Change};
+use crate::queue::completion;
 use crate::queue::retry::RetryPolicy;
-use crate::queue::{self, AttemptRecord, Claimed, Finished, NextState};
+use crate::queue::{AttemptRecord, Claimed, Finished, NextState};
+use crate::webhooks::{self, DisableReason};
 use sender::{Request, Sender};
 
 #[derive(Clone)]
@@ -26,17 +28,29 @@ pub struct Deliverer {
     pool: PgPool,
     sender: Sender,
     policy: RetryPolicy,
+    breaker: BreakerConfig,
     metrics: Arc<Metrics>,
 }
 
 impl Deliverer {
-    pub fn new(pool: PgPool, sender: Sender, policy: RetryPolicy, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        sender: Sender,
+        policy: RetryPolicy,
+        breaker: BreakerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             pool,
             sender,
             policy,
+            breaker,
             metrics,
         }
+    }
+
+    pub fn breaker(&self) -> &BreakerConfig {
+        &self.breaker
     }
 
     /// Sends one claimed delivery and records the attempt at once (the API's
@@ -45,7 +59,7 @@ impl Deliverer {
     /// delivery is sent again); a receiver's failure is recorded data, `Ok`.
     pub async fn deliver(&self, claimed: Claimed) -> anyhow::Result<()> {
         let finished = self.attempt(&claimed).await;
-        record(&self.pool, &self.metrics, &[finished]).await?;
+        record(&self.pool, &self.metrics, &self.breaker, &[finished]).await?;
         Ok(())
     }
 
@@ -91,22 +105,28 @@ impl Deliverer {
         };
         Finished {
             id: claimed.id.clone(),
+            webhook_id: claimed.webhook_id.clone(),
             lease_token: claimed.lease_token,
+            probe: claimed.probe,
             attempt,
             next,
         }
     }
 }
 
-/// Records attempts in one statement and counts their outcomes. An attempt
+/// Records attempts in one transaction, counts their outcomes, and acts on
+/// what they meant for their endpoints: breaker transitions are logged once,
+/// a `410 Gone` or a circuit open too long disables the webhook. An attempt
 /// whose lease was lost is not recorded: another worker owns the delivery.
-pub async fn record(pool: &PgPool, metrics: &Metrics, batch: &[Finished]) -> sqlx::Result<()> {
-    let recorded: HashSet<String> = queue::store::finish_many(pool, batch)
-        .await?
-        .into_iter()
-        .collect();
+pub async fn record(
+    pool: &PgPool,
+    metrics: &Metrics,
+    breaker: &BreakerConfig,
+    batch: &[Finished],
+) -> sqlx::Result<()> {
+    let done = completion::complete(pool, batch, breaker).await?;
     for f in batch {
-        if !recorded.contains(&f.id) {
+        if !done.recorded.contains(&f.id) {
             tracing::warn!(delivery = %f.id, "lease lost before the attempt was recorded; another worker owns this delivery");
             continue;
         }
@@ -114,6 +134,24 @@ pub async fn record(pool: &PgPool, metrics: &Metrics, batch: &[Finished]) -> sql
             NextState::Success => metrics.delivered.increment(1),
             NextState::Retry { .. } => metrics.retry_scheduled.increment(1),
             NextState::Failed => metrics.failed.increment(1),
+        }
+    }
+    let mut disable: Vec<(String, DisableReason)> = vec![];
+    for (webhook, change) in done.changes {
+        match change {
+            Change::Opened { until } => {
+                tracing::warn!(webhook = %webhook, open_until = %until, "circuit opened: deliveries deferred until the probe")
+            }
+            Change::Closed => {
+                tracing::info!(webhook = %webhook, "circuit closed: the endpoint answered again")
+            }
+            Change::Disable => disable.push((webhook, DisableReason::CircuitOpen)),
+        }
+    }
+    disable.extend(done.gone.into_iter().map(|w| (w, DisableReason::Gone)));
+    for (webhook, reason) in disable {
+        if webhooks::disable(pool, &webhook, reason, breaker).await? {
+            metrics.disabled(reason.kind());
         }
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! The delivery loop: claim due deliveries in batches while work is due and
 //! permits are free, send each in its own task, and stop claiming on
 //! shutdown. Concurrency is a semaphore, independent of the pool size,
-//! because no transaction is held across a send.
-use std::collections::HashSet;
+//! because no transaction is held across a send. Each webhook may hold only
+//! its fair share of the permits (`queue::fairness`), so one slow endpoint
+//! cannot occupy them all.
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +16,7 @@ use uuid::Uuid;
 
 use super::Deliverer;
 use crate::metrics::Metrics;
-use crate::queue::{self, Finished};
+use crate::queue::{self, Finished, fairness};
 
 #[derive(Debug, Clone, Copy)]
 pub struct WorkerConfig {
@@ -26,25 +28,53 @@ pub struct WorkerConfig {
     pub drain: Duration,
 }
 
+/// What this instance is sending: leases to give back at shutdown, and how
+/// many sends each webhook has in flight (its share of the permits).
+#[derive(Default)]
+struct InFlight {
+    leases: HashSet<Uuid>,
+    per_webhook: HashMap<String, usize>,
+}
+
+impl InFlight {
+    fn start(&mut self, lease: Uuid, webhook: &str) {
+        self.leases.insert(lease);
+        *self.per_webhook.entry(webhook.to_owned()).or_default() += 1;
+    }
+
+    fn end(&mut self, lease: &Uuid, webhook: &str) {
+        self.leases.remove(lease);
+        if let Some(n) = self.per_webhook.get_mut(webhook) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_webhook.remove(webhook);
+            }
+        }
+    }
+}
+
 pub struct Worker {
     pool: PgPool,
     deliverer: Deliverer,
     config: WorkerConfig,
     wake: Arc<Notify>,
+    /// Notified when a send ends: a webhook at its share may take another.
+    slot_freed: Arc<Notify>,
     permits: Arc<Semaphore>,
     tasks: TaskTracker,
-    in_flight: Arc<Mutex<HashSet<Uuid>>>,
+    in_flight: Arc<Mutex<InFlight>>,
     metrics: Arc<Metrics>,
     /// Finished attempts go to the completer, which records them in batches.
     completed: mpsc::Sender<Finished>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum WorkOutcome {
-    /// Claimed this many and started sending them.
-    Started(usize),
-    /// Nothing due (or no free permit).
-    Idle,
+pub struct WorkOutcome {
+    /// Deliveries claimed and started.
+    pub started: usize,
+    /// Some webhook is at its share of the permits: the end of one of its
+    /// sends may let it take more, so the loop listens for that too.
+    pub at_share: bool,
 }
 
 impl Worker {
@@ -62,6 +92,7 @@ impl Worker {
             permits: Arc::new(Semaphore::new(config.concurrency as usize)),
             config,
             wake,
+            slot_freed: Arc::new(Notify::new()),
             tasks: TaskTracker::new(),
             in_flight: Arc::default(),
             metrics,
@@ -76,13 +107,18 @@ impl Worker {
             .available_permits()
             .min(self.config.batch as usize);
         if free == 0 {
-            return Ok(WorkOutcome::Idle);
+            return Ok(WorkOutcome {
+                started: 0,
+                at_share: false,
+            });
         }
         let lease_ms = self.config.lease.as_millis() as i64;
-        // `taken` counts an inactive webhook's rows too (failed by the claim,
-        // not sent): they still mean the queue had that much due work.
-        let (claimed, taken) =
-            queue::store::claim_due_counted(&self.pool, free as i64, lease_ms).await?;
+        let rooms = fairness::rooms(
+            self.config.concurrency as usize,
+            &self.in_flight.lock().unwrap().per_webhook,
+        );
+        let claimed = queue::store::claim(&self.pool, free as i64, lease_ms, &rooms).await?;
+        let taken = claimed.len();
         for delivery in claimed {
             // This loop is the only acquirer, so the permits counted above are still free.
             let permit = self
@@ -92,24 +128,31 @@ impl Worker {
                 .expect("permit counted as free");
             let deliverer = self.deliverer.clone();
             let in_flight = self.in_flight.clone();
-            in_flight.lock().unwrap().insert(delivery.lease_token);
+            in_flight
+                .lock()
+                .unwrap()
+                .start(delivery.lease_token, &delivery.webhook_id);
             let metrics = self.metrics.clone();
             let completed = self.completed.clone();
+            let slot_freed = self.slot_freed.clone();
             metrics.in_flight.increment(1.0);
             self.tasks.spawn(async move {
                 let finished = deliverer.attempt(&delivery).await;
                 if completed.send(finished).await.is_err() {
                     tracing::error!(delivery = %delivery.id, "the completer is gone; the delivery is sent again when its lease expires");
                 }
-                in_flight.lock().unwrap().remove(&delivery.lease_token);
+                in_flight
+                    .lock()
+                    .unwrap()
+                    .end(&delivery.lease_token, &delivery.webhook_id);
                 metrics.in_flight.decrement(1.0);
                 drop(permit);
+                slot_freed.notify_one();
             });
         }
-        Ok(if taken == 0 {
-            WorkOutcome::Idle
-        } else {
-            WorkOutcome::Started(taken)
+        Ok(WorkOutcome {
+            started: taken,
+            at_share: rooms.any_full(),
         })
     }
 
@@ -118,6 +161,7 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let low_water = (self.config.batch.min(self.config.concurrency) as usize / 2).max(1);
         'outer: loop {
+            let mut at_share = false;
             // Keep claiming while full batches come back.
             loop {
                 if shutdown.is_cancelled() {
@@ -142,8 +186,11 @@ impl Worker {
                     .available_permits()
                     .min(self.config.batch as usize);
                 match self.run_once().await {
-                    Ok(WorkOutcome::Started(n)) if n >= want => continue,
-                    Ok(_) => break,
+                    Ok(outcome) if outcome.started >= want && outcome.started > 0 => continue,
+                    Ok(outcome) => {
+                        at_share = outcome.at_share;
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming deliveries failed; retrying at the next poll");
                         break;
@@ -153,6 +200,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
+                _ = self.slot_freed.notified(), if at_share => {}
                 _ = tick.tick() => {}
             }
         }
@@ -167,7 +215,14 @@ impl Worker {
             .await
             .is_err()
         {
-            let tokens: Vec<Uuid> = self.in_flight.lock().unwrap().iter().copied().collect();
+            let tokens: Vec<Uuid> = self
+                .in_flight
+                .lock()
+                .unwrap()
+                .leases
+                .iter()
+                .copied()
+                .collect();
             match queue::store::release(&self.pool, &tokens).await {
                 Ok(n) => tracing::warn!(released = n, "shutdown: released unfinished deliveries"),
                 Err(e) => {

@@ -28,8 +28,10 @@ pub async fn dispatch(
         ), fanned AS (
             -- Subscription patterns, as in domain::event_pattern: '*', an exact
             -- name, or 'prefix.*'.
-            INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body)
-            SELECT w.id, ev.event_id, ev.event_type, ev.body
+            -- A FIFO webhook's rows carry their publish order.
+            INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, fifo_seq)
+            SELECT w.id, ev.event_id, ev.event_type, ev.body,
+                   CASE WHEN w.ordering = 'fifo' THEN ev.id END
             FROM ev
             JOIN webhooks w ON w.active AND (
                 '*' = ANY (w.events)

@@ -1,5 +1,9 @@
 //! Stage 3: the durable queue, which is the `webhook_deliveries` table.
 //! Postgres only, no HTTP. Depends on `domain`.
+pub mod breaker;
+pub mod completion;
+pub mod endpoints;
+pub mod fairness;
 pub mod retry;
 pub mod store;
 
@@ -20,6 +24,8 @@ pub struct Claimed {
     pub secret: String,
     pub event_type: String,
     pub body: String,
+    /// The one attempt a half-open circuit lets through.
+    pub probe: bool,
 }
 
 impl std::fmt::Debug for Claimed {
@@ -31,6 +37,7 @@ impl std::fmt::Debug for Claimed {
             .field("webhook_id", &self.webhook_id)
             .field("url", &self.url)
             .field("secret", &"<redacted>")
+            .field("probe", &self.probe)
             .finish_non_exhaustive()
     }
 }
@@ -58,7 +65,10 @@ pub enum NextState {
 #[derive(Debug, Clone)]
 pub struct Finished {
     pub id: String,
+    pub webhook_id: String,
     pub lease_token: Uuid,
+    /// Whether this attempt was a half-open circuit's probe.
+    pub probe: bool,
     pub attempt: AttemptRecord,
     pub next: NextState,
 }

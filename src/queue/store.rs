@@ -2,72 +2,49 @@
 //! change after a claim is fenced on `(id, lease_token)`: a worker whose lease
 //! expired and was taken over changes nothing.
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{Attempt, AttemptRecord, Claimed, Delivery, Finished, NextState};
+use super::fairness::Rooms;
+use super::{Attempt, Claimed, Delivery, Finished, NextState};
 
 /// Claims up to `batch` due deliveries under a lease of `lease_ms` and commits
-/// (one statement) before anything is sent. Deliveries of an inactive webhook
-/// are marked `failed` in the same statement and not returned for sending.
-pub async fn claim_due(pool: &PgPool, batch: i64, lease_ms: i64) -> sqlx::Result<Vec<Claimed>> {
-    Ok(claim_due_counted(pool, batch, lease_ms).await?.0)
-}
-
-/// `claim_due`, plus how many rows the claim took in all (inactive ones
-/// included): a worker keeps claiming while that fills the batch.
-pub async fn claim_due_counted(
+/// (one statement) before anything is sent. `rooms` is this instance's fair
+/// share per webhook (`fairness::rooms`); the circuit, the throttle and FIFO
+/// are applied by `webhook_claim` in the database, where every instance sees
+/// them. Pending deliveries of an inactive webhook are marked `failed`.
+pub async fn claim(
     pool: &PgPool,
     batch: i64,
     lease_ms: i64,
-) -> sqlx::Result<(Vec<Claimed>, usize)> {
-    let rows = sqlx::query!(
+    rooms: &Rooms,
+) -> sqlx::Result<Vec<Claimed>> {
+    let (busy_ids, busy_room): (Vec<String>, Vec<i32>) = rooms.busy.iter().cloned().unzip();
+    sqlx::query_as!(
+        Claimed,
         r#"
-        WITH due AS (
-            -- Walks webhook_deliveries_due_idx in next_retry_at order. SKIP LOCKED
-            -- lets concurrent claimers (other workers, other instances) take
-            -- disjoint rows without waiting on each other. A leased row has
-            -- next_retry_at = its lease expiry, so it is skipped until then and
-            -- due again if its worker died (no rescuer process needed).
-            SELECT id FROM webhook_deliveries
-            WHERE status = 'pending' AND next_retry_at <= now()
-            ORDER BY next_retry_at
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
-        )
-        UPDATE webhook_deliveries d
-        SET next_retry_at    = CASE WHEN w.active THEN now() + make_interval(secs => $2::float8 / 1000) ELSE d.next_retry_at END,
-            lease_expires_at = CASE WHEN w.active THEN now() + make_interval(secs => $2::float8 / 1000) END,
-            lease_token      = CASE WHEN w.active THEN gen_random_uuid() END,
-            status           = CASE WHEN w.active THEN d.status ELSE 'failed' END,
-            last_error       = CASE WHEN w.active THEN d.last_error ELSE 'not sent: the webhook is inactive' END
-        FROM due, webhooks w
-        WHERE d.id = due.id AND w.id = d.webhook_id
-        RETURNING d.id, d.lease_token, d.attempts, d.webhook_id, w.url, w.secret, w.active,
-                  d.event_type, d.body
+        SELECT id AS "id!", lease_token AS "lease_token!", attempts AS "attempts!",
+               webhook_id AS "webhook_id!", url AS "url!", secret AS "secret!",
+               event_type AS "event_type!", body AS "body!", probe AS "probe!"
+        FROM webhook_claim($1::int4, $2::float8, $3::text[], $4::int4[], $5::int4)
         "#,
-        batch,
+        batch as i32,
         lease_ms as f64,
+        &busy_ids,
+        &busy_room,
+        rooms.newcomer,
     )
     .fetch_all(pool)
-    .await?;
-    let taken = rows.len();
-    let sendable = rows
-        .into_iter()
-        .filter_map(|r| {
-            Some(Claimed {
-                lease_token: r.lease_token.filter(|_| r.active)?,
-                id: r.id,
-                attempts: r.attempts,
-                webhook_id: r.webhook_id,
-                url: r.url,
-                secret: r.secret,
-                event_type: r.event_type,
-                body: r.body,
-            })
-        })
-        .collect();
-    Ok((sendable, taken))
+    .await
+}
+
+/// `claim` for a caller with nothing in flight (tests, the load-test harness).
+pub async fn claim_due(pool: &PgPool, batch: i64, lease_ms: i64) -> sqlx::Result<Vec<Claimed>> {
+    let rooms = Rooms {
+        busy: vec![],
+        newcomer: batch.clamp(0, i32::MAX as i64) as i32,
+    };
+    claim(pool, batch, lease_ms, &rooms).await
 }
 
 /// Inserts a delivery already claimed by the caller (the `/test` endpoint),
@@ -94,7 +71,7 @@ pub async fn insert_claimed(
             RETURNING id, lease_token, attempts, webhook_id, event_type, body
         )
         SELECT ins.id, ins.lease_token AS "lease_token!", ins.attempts, ins.webhook_id,
-               ins.event_type, ins.body, w.url, w.secret
+               ins.event_type, ins.body, w.url, w.secret, false AS "probe!"
         FROM ins JOIN webhooks w ON w.id = ins.webhook_id
         "#,
         webhook_id,
@@ -126,7 +103,7 @@ pub async fn claim_failed(
         FROM webhooks w
         WHERE d.id = $2 AND d.webhook_id = $1 AND d.status = 'failed' AND w.id = d.webhook_id AND w.active
         RETURNING d.id, d.lease_token AS "lease_token!", d.attempts, d.webhook_id, w.url, w.secret,
-                  d.event_type, d.body
+                  d.event_type, d.body, false AS "probe!"
         "#,
         webhook_id,
         delivery_id,
@@ -136,27 +113,14 @@ pub async fn claim_failed(
     .await
 }
 
-/// Records an attempt and the delivery's next state, fenced on the lease.
-/// Returns `false` when the lease was lost (nothing written).
-pub async fn finish(
-    pool: &PgPool,
-    claimed: &Claimed,
-    attempt: &AttemptRecord,
-    next: &NextState,
-) -> sqlx::Result<bool> {
-    let one = Finished {
-        id: claimed.id.clone(),
-        lease_token: claimed.lease_token,
-        attempt: attempt.clone(),
-        next: next.clone(),
-    };
-    Ok(finish_many(pool, std::slice::from_ref(&one)).await?.len() == 1)
-}
-
-/// Records many attempts in one statement (one transaction): each row's new
-/// state and its attempt row, fenced on its lease. Rows whose lease was lost
-/// are skipped. Returns the ids of the deliveries recorded.
-pub async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Result<Vec<String>> {
+/// Records many attempts in one statement: each row's new state and its
+/// attempt row, fenced on its lease. Rows whose lease was lost are skipped.
+/// Returns the ids of the deliveries recorded. Called by `complete`, inside
+/// its transaction.
+pub(super) async fn finish_many(
+    conn: &mut PgConnection,
+    batch: &[Finished],
+) -> sqlx::Result<Vec<String>> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut tokens = Vec::with_capacity(batch.len());
     let mut statuses = Vec::with_capacity(batch.len());
@@ -224,7 +188,7 @@ pub async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Result<Vec<
         &kinds as &[Option<String>],
         &excerpts as &[Option<String>],
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(done.into_iter().map(|r| r.delivery_id).collect())
 }
@@ -232,17 +196,24 @@ pub async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Result<Vec<
 /// Gives leases back without consuming an attempt (shutdown), so another
 /// instance can send those deliveries at once.
 pub async fn release(pool: &PgPool, tokens: &[Uuid]) -> sqlx::Result<u64> {
-    let released = sqlx::query!(
+    let released = sqlx::query_scalar!(
         r#"
-        UPDATE webhook_deliveries
-        SET next_retry_at = now(), lease_expires_at = NULL, lease_token = NULL
-        WHERE lease_token = ANY($1) AND status = 'pending'
+        WITH released AS (
+            UPDATE webhook_deliveries
+            SET next_retry_at = now(), lease_expires_at = NULL, lease_token = NULL
+            WHERE lease_token = ANY($1) AND status = 'pending'
+            RETURNING webhook_id
+        ), ready AS (
+            UPDATE webhook_endpoint_state s SET ready_at = now()
+            WHERE s.webhook_id IN (SELECT webhook_id FROM released)
+        )
+        SELECT count(*) AS "n!" FROM released
         "#,
         tokens,
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    Ok(released.rows_affected())
+    Ok(released as u64)
 }
 
 /// A webhook's deliveries, newest first, after the `(created_at, id)` cursor.

@@ -75,6 +75,28 @@ pub struct Backlog {
     pub oldest_due_age_seconds: Option<f64>,
 }
 
+/// An active webhook whose circuit is not closed (`webhook_open_circuits`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OpenCircuit {
+    pub webhook_id: String,
+    pub url: String,
+    /// `open` or `half_open`.
+    pub circuit: String,
+    pub consecutive_failures: i32,
+    pub open_until: Option<DateTime<Utc>>,
+    /// When it first opened since the last success.
+    pub opened_at: Option<DateTime<Utc>>,
+}
+
+/// A webhook the service disabled (`webhook_disabled`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DisabledWebhook {
+    pub webhook_id: String,
+    pub url: String,
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+}
+
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Stats {
     pub window: String,
@@ -87,4 +109,8 @@ pub struct Stats {
     pub hourly: Vec<HourlyVolume>,
     pub failure_reasons: Vec<FailureReason>,
     pub recent_failures: Vec<RecentFailure>,
+    /// Circuits open or half-open now.
+    pub open_circuits: Vec<OpenCircuit>,
+    /// Webhooks the service disabled (410 Gone, a circuit open too long).
+    pub disabled_webhooks: Vec<DisabledWebhook>,
 }

@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::{Backlog, FailureReason, HourlyVolume, RecentFailure, Totals, WebhookHealth};
+use super::{
+    Backlog, DisabledWebhook, FailureReason, HourlyVolume, OpenCircuit, RecentFailure, Totals,
+    WebhookHealth,
+};
 
 /// Failing webhooks first: consecutive failures, then failed deliveries, then
 /// the lowest success rate.
@@ -111,5 +114,38 @@ pub async fn backlog(pool: &PgPool) -> sqlx::Result<Backlog> {
         r#"SELECT due AS "due!", oldest_due_age_seconds FROM webhook_due_backlog"#
     )
     .fetch_one(pool)
+    .await
+}
+
+pub async fn open_circuits(pool: &PgPool, only: Option<&str>) -> sqlx::Result<Vec<OpenCircuit>> {
+    sqlx::query_as!(
+        OpenCircuit,
+        r#"
+        SELECT webhook_id AS "webhook_id!", url AS "url!", circuit AS "circuit!",
+               consecutive_failures AS "consecutive_failures!", open_until, opened_at
+        FROM webhook_open_circuits
+        WHERE $1::text IS NULL OR webhook_id = $1
+        ORDER BY opened_at
+        LIMIT 100
+        "#,
+        only,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+pub async fn disabled(pool: &PgPool, only: Option<&str>) -> sqlx::Result<Vec<DisabledWebhook>> {
+    sqlx::query_as!(
+        DisabledWebhook,
+        r#"
+        SELECT webhook_id AS "webhook_id!", url AS "url!", disabled_reason, disabled_at
+        FROM webhook_disabled
+        WHERE $1::text IS NULL OR webhook_id = $1
+        ORDER BY disabled_at DESC
+        LIMIT 100
+        "#,
+        only,
+    )
+    .fetch_all(pool)
     .await
 }

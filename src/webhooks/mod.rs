@@ -1,7 +1,42 @@
-//! The webhook resource: registered endpoints and their subscriptions.
+//! The webhook resource: registered endpoints, their subscriptions and
+//! delivery options, and their enabled state. Depends on `queue` for the
+//! endpoint state a change of options must reset.
 pub mod store;
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+
+use crate::queue::breaker::BreakerConfig;
+use crate::queue::endpoints::{self, CircuitView};
+
+/// `unordered` (the default) or `fifo`: one delivery in flight at a time, in
+/// publish order, across all instances.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    Unordered,
+    Fifo,
+}
+
+impl Ordering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unordered => "unordered",
+            Self::Fifo => "fifo",
+        }
+    }
+
+    pub fn parse(s: &str) -> Self {
+        if s == "fifo" {
+            Self::Fifo
+        } else {
+            Self::Unordered
+        }
+    }
+}
 
 /// A stored webhook. The secret stays inside the service except in the
 /// create and rotate responses (and `Debug` leaves it out).
@@ -13,6 +48,11 @@ pub struct Webhook {
     pub secret: String,
     pub description: Option<String>,
     pub active: bool,
+    pub rate_limit: Option<i32>,
+    pub ordering: Ordering,
+    pub disabled_reason: Option<String>,
+    pub disabled_at: Option<DateTime<Utc>>,
+    pub circuit: CircuitView,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -37,6 +77,8 @@ pub struct NewWebhook {
     pub secret: String,
     pub description: Option<String>,
     pub active: bool,
+    pub rate_limit: Option<i32>,
+    pub ordering: Ordering,
 }
 
 impl std::fmt::Debug for NewWebhook {
@@ -57,4 +99,88 @@ pub struct WebhookPatch {
     pub active: Option<bool>,
     /// `Some(None)` clears the description.
     pub description: Option<Option<String>>,
+    /// `Some(None)` removes the limit.
+    pub rate_limit: Option<Option<i32>>,
+    pub ordering: Option<Ordering>,
+}
+
+/// Why the service disabled a webhook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DisableReason {
+    /// The endpoint answered `410 Gone`.
+    Gone,
+    /// The circuit stayed open with no success for WEBHOOK_DISABLE_AFTER_S.
+    CircuitOpen,
+}
+
+impl DisableReason {
+    /// The `reason` label of `webhook_disabled_total`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Self::Gone => "gone",
+            Self::CircuitOpen => "circuit_open",
+        }
+    }
+
+    /// The sentence stored in `disabled_reason`.
+    pub fn sentence(self, breaker: &BreakerConfig) -> String {
+        match self {
+            Self::Gone => {
+                "The endpoint answered 410 Gone, which says it will not come back.".into()
+            }
+            Self::CircuitOpen => format!(
+                "The circuit stayed open for {} with no successful attempt.",
+                human(breaker.disable_after)
+            ),
+        }
+    }
+}
+
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        s if s >= 86_400 && s % 86_400 == 0 => format!("{} days", s / 86_400),
+        s if s >= 3_600 && s % 3_600 == 0 => format!("{} hours", s / 3_600),
+        s => format!("{s} seconds"),
+    }
+}
+
+/// Applies a validated change. Re-enabling clears the disable reason and the
+/// breaker (what it deferred is due at once); a change of ordering re-sorts
+/// what is pending.
+pub async fn update(
+    pool: &PgPool,
+    id: &str,
+    patch: &WebhookPatch,
+) -> sqlx::Result<Option<Webhook>> {
+    let mut tx = pool.begin().await?;
+    if !store::patch(&mut tx, id, patch).await? {
+        return Ok(None);
+    }
+    if patch.active == Some(true) {
+        endpoints::reset(&mut tx, id).await?;
+    }
+    if let Some(ordering) = patch.ordering {
+        endpoints::set_ordering(&mut tx, id, ordering == Ordering::Fifo).await?;
+    }
+    tx.commit().await?;
+    store::get(pool, id).await
+}
+
+/// Disables an active webhook: `active` false with the reason, and what was
+/// pending becomes `failed` (the dead letter, retryable by hand once it is
+/// re-enabled). Returns false when it was already inactive (another instance
+/// got there first), so the change is logged and counted once.
+pub async fn disable(
+    pool: &PgPool,
+    id: &str,
+    reason: DisableReason,
+    breaker: &BreakerConfig,
+) -> sqlx::Result<bool> {
+    let sentence = reason.sentence(breaker);
+    let failed = store::disable(pool, id, &sentence).await?;
+    if let Some(failed) = failed {
+        tracing::warn!(webhook = %id, reason = reason.kind(), failed_pending = failed, "webhook disabled: {sentence}");
+    }
+    Ok(failed.is_some())
 }

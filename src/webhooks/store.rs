@@ -1,36 +1,85 @@
-//! SQL for `webhooks`.
+//! SQL for `webhooks` (read with its endpoint state, for the circuit).
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
-use super::{NewWebhook, Webhook, WebhookPatch};
+use super::{NewWebhook, Ordering, Webhook, WebhookPatch};
+use crate::queue::endpoints::CircuitView;
+
+struct Row {
+    id: String,
+    url: String,
+    events: Vec<String>,
+    secret: String,
+    description: Option<String>,
+    active: bool,
+    rate_limit: Option<i32>,
+    ordering: String,
+    disabled_reason: Option<String>,
+    disabled_at: Option<DateTime<Utc>>,
+    circuit: Option<String>,
+    consecutive_failures: Option<i32>,
+    open_until: Option<DateTime<Utc>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<Row> for Webhook {
+    fn from(r: Row) -> Self {
+        Self {
+            circuit: CircuitView::from_parts(
+                r.circuit.as_deref(),
+                r.consecutive_failures,
+                r.open_until,
+            ),
+            id: r.id,
+            url: r.url,
+            events: r.events,
+            secret: r.secret,
+            description: r.description,
+            active: r.active,
+            rate_limit: r.rate_limit,
+            ordering: Ordering::parse(&r.ordering),
+            disabled_reason: r.disabled_reason,
+            disabled_at: r.disabled_at,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
 
 pub async fn create(pool: &PgPool, new: &NewWebhook) -> sqlx::Result<Webhook> {
-    sqlx::query_as!(
-        Webhook,
+    let id = sqlx::query_scalar!(
         r#"
-        INSERT INTO webhooks (url, events, secret, description, active)
-        VALUES ($1, $2, $3, $4, $5)
-        RETURNING id, url, events, secret, description, active, created_at, updated_at
+        INSERT INTO webhooks (url, events, secret, description, active, rate_limit, ordering)
+        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        RETURNING id
         "#,
         new.url,
         &new.events,
         new.secret,
         new.description,
         new.active,
+        new.rate_limit,
+        new.ordering.as_str(),
     )
     .fetch_one(pool)
-    .await
+    .await?;
+    get(pool, &id).await?.ok_or(sqlx::Error::RowNotFound)
 }
 
 pub async fn get(pool: &PgPool, id: &str) -> sqlx::Result<Option<Webhook>> {
-    sqlx::query_as!(
-        Webhook,
-        r#"SELECT id, url, events, secret, description, active, created_at, updated_at
-           FROM webhooks WHERE id = $1"#,
+    let row = sqlx::query_as!(
+        Row,
+        r#"SELECT w.id, w.url, w.events, w.secret, w.description, w.active, w.rate_limit, w.ordering,
+                  w.disabled_reason, w.disabled_at, s.circuit AS "circuit?",
+                  s.consecutive_failures AS "consecutive_failures?", s.open_until, w.created_at, w.updated_at
+           FROM webhooks w LEFT JOIN webhook_endpoint_state s ON s.webhook_id = w.id
+           WHERE w.id = $1"#,
         id,
     )
     .fetch_optional(pool)
-    .await
+    .await?;
+    Ok(row.map(Webhook::from))
 }
 
 /// Newest first, after the `(created_at, id)` cursor (webhooks_created_idx).
@@ -40,13 +89,15 @@ pub async fn list(
     limit: i64,
 ) -> sqlx::Result<Vec<Webhook>> {
     let (after_at, after_id) = after.unzip();
-    sqlx::query_as!(
-        Webhook,
+    let rows = sqlx::query_as!(
+        Row,
         r#"
-        SELECT id, url, events, secret, description, active, created_at, updated_at
-        FROM webhooks
-        WHERE ($1::timestamptz IS NULL OR (created_at, id) < ($1, $2))
-        ORDER BY created_at DESC, id DESC
+        SELECT w.id, w.url, w.events, w.secret, w.description, w.active, w.rate_limit, w.ordering,
+               w.disabled_reason, w.disabled_at, s.circuit AS "circuit?",
+               s.consecutive_failures AS "consecutive_failures?", s.open_until, w.created_at, w.updated_at
+        FROM webhooks w LEFT JOIN webhook_endpoint_state s ON s.webhook_id = w.id
+        WHERE ($1::timestamptz IS NULL OR (w.created_at, w.id) < ($1, $2))
+        ORDER BY w.created_at DESC, w.id DESC
         LIMIT $3
         "#,
         after_at,
@@ -54,25 +105,34 @@ pub async fn list(
         limit,
     )
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(Webhook::from).collect())
 }
 
-pub async fn patch(pool: &PgPool, id: &str, patch: &WebhookPatch) -> sqlx::Result<Option<Webhook>> {
+/// Returns false when there is no such webhook. Re-enabling clears the
+/// disable reason.
+pub async fn patch(conn: &mut PgConnection, id: &str, patch: &WebhookPatch) -> sqlx::Result<bool> {
     let (set_description, description) = match &patch.description {
         Some(d) => (true, d.clone()),
         None => (false, None),
     };
-    sqlx::query_as!(
-        Webhook,
+    let (set_rate_limit, rate_limit) = match patch.rate_limit {
+        Some(r) => (true, r),
+        None => (false, None),
+    };
+    let done = sqlx::query!(
         r#"
         UPDATE webhooks
         SET url = COALESCE($2, url),
             events = COALESCE($3, events),
             active = COALESCE($4, active),
             description = CASE WHEN $5 THEN $6 ELSE description END,
+            rate_limit = CASE WHEN $7 THEN $8 ELSE rate_limit END,
+            ordering = COALESCE($9, ordering),
+            disabled_reason = CASE WHEN $4 THEN NULL ELSE disabled_reason END,
+            disabled_at = CASE WHEN $4 THEN NULL ELSE disabled_at END,
             updated_at = now()
         WHERE id = $1
-        RETURNING id, url, events, secret, description, active, created_at, updated_at
         "#,
         id,
         patch.url,
@@ -80,9 +140,13 @@ pub async fn patch(pool: &PgPool, id: &str, patch: &WebhookPatch) -> sqlx::Resul
         patch.active,
         set_description,
         description,
+        set_rate_limit,
+        rate_limit,
+        patch.ordering.map(Ordering::as_str),
     )
-    .fetch_optional(pool)
-    .await
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected() == 1)
 }
 
 /// Deletes the webhook and, by cascade, its deliveries and their attempts.
@@ -94,15 +158,44 @@ pub async fn delete(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
 }
 
 pub async fn rotate_secret(pool: &PgPool, id: &str, secret: &str) -> sqlx::Result<Option<Webhook>> {
-    sqlx::query_as!(
-        Webhook,
-        r#"
-        UPDATE webhooks SET secret = $2, updated_at = now() WHERE id = $1
-        RETURNING id, url, events, secret, description, active, created_at, updated_at
-        "#,
+    let done = sqlx::query!(
+        "UPDATE webhooks SET secret = $2, updated_at = now() WHERE id = $1",
         id,
         secret,
     )
-    .fetch_optional(pool)
-    .await
+    .execute(pool)
+    .await?;
+    if done.rows_affected() == 0 {
+        return Ok(None);
+    }
+    get(pool, id).await
+}
+
+/// Sets `active` false with the reason and fails what is pending and not in
+/// flight. `None` when the webhook was not active; otherwise how many
+/// deliveries became `failed`.
+pub async fn disable(pool: &PgPool, id: &str, reason: &str) -> sqlx::Result<Option<i64>> {
+    let row = sqlx::query!(
+        r#"
+        WITH off AS (
+            UPDATE webhooks
+            SET active = false, disabled_reason = $2, disabled_at = now(), updated_at = now()
+            WHERE id = $1 AND active
+            RETURNING id
+        ), failed AS (
+            UPDATE webhook_deliveries d
+            SET status = 'failed', last_error = 'not sent: the webhook was disabled: ' || $2
+            FROM off
+            WHERE d.webhook_id = off.id AND d.status = 'pending'
+              AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM off) AS "off!", (SELECT count(*) FROM failed) AS "failed!"
+        "#,
+        id,
+        reason,
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok((row.off == 1).then_some(row.failed))
 }

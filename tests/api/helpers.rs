@@ -290,6 +290,9 @@ struct ReceiverState {
     received: Mutex<Vec<Received>>,
     script: Mutex<VecDeque<Reply>>,
     fallback: Mutex<Option<Reply>>,
+    /// Requests being answered now, and the most there ever were at once.
+    in_flight: std::sync::atomic::AtomicUsize,
+    max_in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// A real HTTP server on loopback that records every request and answers
@@ -311,6 +314,9 @@ async fn record(
             reqwest::header::HeaderValue::from_bytes(value.as_bytes()).unwrap(),
         );
     }
+    use std::sync::atomic::Ordering::SeqCst;
+    let now_in_flight = state.in_flight.fetch_add(1, SeqCst) + 1;
+    state.max_in_flight.fetch_max(now_in_flight, SeqCst);
     state.received.lock().unwrap().push(Received {
         headers,
         body: body.to_vec(),
@@ -323,6 +329,7 @@ async fn record(
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
+    state.in_flight.fetch_sub(1, SeqCst);
     let mut response =
         HttpResponse::build(actix_web::http::StatusCode::from_u16(reply.status).unwrap());
     for (name, value) in reply.headers {
@@ -361,6 +368,13 @@ impl Receiver {
     /// Answers every unscripted request with this reply.
     pub fn always(&self, reply: Reply) {
         *self.state.fallback.lock().unwrap() = Some(reply);
+    }
+
+    /// The most requests this receiver was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state
+            .max_in_flight
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn received(&self) -> Vec<Received> {

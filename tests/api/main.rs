@@ -3,6 +3,7 @@
 mod delivery;
 mod helpers;
 mod intake;
+mod isolation;
 mod queue;
 mod rate_limit;
 mod reporting;

@@ -1,0 +1,103 @@
+//! Recording finished attempts. One transaction per batch takes the batch's
+//! endpoint state rows (in webhook_id order), records the attempts (fenced on
+//! their leases), moves each endpoint's breaker, defers or frees its backlog,
+//! and wakes the claim for rows that became due. The instance that records a
+//! transition is the only one that sees it, so each is reported once.
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::breaker::{self, BreakerConfig, Change};
+use super::endpoints::{self, Update};
+use super::{Finished, NextState, store};
+
+#[derive(Debug, Default)]
+pub struct Completed {
+    /// Deliveries whose attempt was recorded (the others had lost their lease).
+    pub recorded: HashSet<String>,
+    /// Breaker transitions, per webhook, in the order they happened.
+    pub changes: Vec<(String, Change)>,
+    /// Webhooks whose endpoint answered 410 Gone.
+    pub gone: Vec<String>,
+}
+
+pub async fn complete(
+    pool: &PgPool,
+    batch: &[Finished],
+    config: &BreakerConfig,
+) -> sqlx::Result<Completed> {
+    let mut webhook_ids: Vec<String> = batch.iter().map(|f| f.webhook_id.clone()).collect();
+    webhook_ids.sort();
+    webhook_ids.dedup();
+    let mut tx = pool.begin().await?;
+    let locked = endpoints::lock(&mut tx, &webhook_ids).await?;
+    let recorded: HashSet<String> = store::finish_many(&mut tx, batch)
+        .await?
+        .into_iter()
+        .collect();
+    let now = Utc::now();
+    let mut done = Completed {
+        recorded,
+        ..Completed::default()
+    };
+    let mut updates = vec![];
+    for endpoint in locked {
+        let mut state = endpoint.breaker.clone();
+        let mut last: Option<Change> = None;
+        let mut closed_horizon: Option<DateTime<Utc>> = None;
+        let mut wake_by: Option<DateTime<Utc>> = None;
+        let mut any = false;
+        let attempts = batch
+            .iter()
+            .filter(|f| f.webhook_id == endpoint.webhook_id && done.recorded.contains(&f.id));
+        for f in attempts {
+            any = true;
+            let status = f.attempt.response_status;
+            if status == Some(410) && !done.gone.contains(&f.webhook_id) {
+                done.gone.push(f.webhook_id.clone());
+            }
+            if let NextState::Retry { at } = f.next {
+                wake_by = Some(wake_by.map_or(at, |w| w.min(at)));
+            }
+            let success = status.is_some_and(|s| (200..300).contains(&s));
+            let (next, change) = breaker::on_attempt(&state, success, f.probe, now, config);
+            if let Some(change) = change {
+                if change == Change::Closed {
+                    closed_horizon = state.open_until;
+                }
+                done.changes
+                    .push((endpoint.webhook_id.clone(), change.clone()));
+                last = Some(change);
+            }
+            state = next;
+        }
+        if !any {
+            continue;
+        }
+        let opened_until = match last {
+            Some(Change::Opened { until }) => Some(until),
+            _ => None,
+        };
+        if let Some(until) = opened_until {
+            endpoints::defer(&mut tx, &endpoint.webhook_id, until).await?;
+        }
+        let closed = last == Some(Change::Closed);
+        if let (true, Some(horizon)) = (closed, closed_horizon) {
+            endpoints::undefer(&mut tx, &endpoint.webhook_id, horizon).await?;
+        }
+        let wake_now = endpoint.fifo || closed;
+        if state != endpoint.breaker || wake_by.is_some() || wake_now {
+            updates.push(Update {
+                webhook_id: endpoint.webhook_id,
+                breaker: state,
+                ready_at: opened_until,
+                wake_by,
+                wake_now,
+            });
+        }
+    }
+    endpoints::write(&mut tx, &updates).await?;
+    tx.commit().await?;
+    Ok(done)
+}

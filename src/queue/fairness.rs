@@ -1,0 +1,91 @@
+//! Fair shares of this instance's send slots, pure. A webhook may hold at most
+//! `usable / n` slots, where `n` counts the webhooks with sends in flight here
+//! (plus one for a newcomer) and `usable` keeps a reserve of slots free: a
+//! fresh delivery to any other webhook always finds one, however many of one
+//! endpoint's sends hang until the timeout. A webhook alone may use every
+//! slot but the reserve.
+use std::collections::HashMap;
+
+/// What the claim may take per webhook (see `webhook_claim` in the migrations).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rooms {
+    /// Webhooks with sends in flight here, and how many more each may take
+    /// (0 = at its share).
+    pub busy: Vec<(String, i32)>,
+    /// How many a webhook with nothing in flight here may take.
+    pub newcomer: i32,
+}
+
+impl Rooms {
+    pub fn any_full(&self) -> bool {
+        self.busy.iter().any(|(_, room)| *room <= 0)
+    }
+}
+
+/// Slots kept free for webhooks that have nothing in flight: an eighth, at
+/// least one when there are two slots or more.
+pub fn reserve(concurrency: usize) -> usize {
+    if concurrency < 2 {
+        0
+    } else {
+        (concurrency / 8).max(1)
+    }
+}
+
+pub fn rooms(concurrency: usize, in_flight: &HashMap<String, usize>) -> Rooms {
+    let usable = concurrency - reserve(concurrency);
+    let share = |n: usize| (usable / n.max(1)).max(1);
+    let busy_share = share(in_flight.len());
+    let mut busy: Vec<(String, i32)> = in_flight
+        .iter()
+        .map(|(id, &n)| (id.clone(), busy_share.saturating_sub(n) as i32))
+        .collect();
+    busy.sort();
+    Rooms {
+        busy,
+        newcomer: share(in_flight.len() + 1) as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flying(pairs: &[(&str, usize)]) -> HashMap<String, usize> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn a_webhook_alone_gets_everything_but_the_reserve() {
+        assert_eq!(reserve(64), 8);
+        assert_eq!(rooms(64, &flying(&[])).newcomer, 56);
+        assert_eq!(rooms(64, &flying(&[("a", 50)])).busy, vec![("a".into(), 6)]);
+    }
+
+    #[test]
+    fn shares_shrink_as_webhooks_get_busy() {
+        let r = rooms(64, &flying(&[("a", 56)]));
+        assert_eq!(r.busy, vec![("a".into(), 0)]);
+        assert_eq!(r.newcomer, 28);
+        assert!(r.any_full());
+        let r = rooms(64, &flying(&[("a", 56), ("b", 1)]));
+        assert_eq!(r.busy, vec![("a".into(), 0), ("b".into(), 27)]);
+        assert_eq!(r.newcomer, 18);
+    }
+
+    #[test]
+    fn every_webhook_keeps_at_least_one_slot() {
+        let many: HashMap<String, usize> = (0..100).map(|i| (format!("w{i}"), 0)).collect();
+        let r = rooms(64, &many);
+        assert!(r.busy.iter().all(|(_, room)| *room == 1));
+        assert_eq!(r.newcomer, 1);
+    }
+
+    #[test]
+    fn tiny_pools_have_no_reserve_below_two_slots() {
+        assert_eq!(reserve(1), 0);
+        assert_eq!(rooms(1, &flying(&[])).newcomer, 1);
+        assert_eq!(reserve(2), 1);
+        assert_eq!(rooms(2, &flying(&[])).newcomer, 1);
+    }
+}
