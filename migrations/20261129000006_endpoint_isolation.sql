@@ -65,20 +65,27 @@ CREATE INDEX webhook_deliveries_fifo_idx ON webhook_deliveries (webhook_id, fifo
     WHERE status = 'pending' AND fifo_seq IS NOT NULL;
 
 -- Whatever inserts deliveries (fan-out, /test, an operator's SQL) makes their
--- webhooks ready. State rows are locked in webhook_id order, as the completer
--- does, so concurrent fan-outs to the same webhooks queue instead of
--- deadlocking. The update always writes, even when ready_at is already
--- earlier: the claim relies on that lock to never put a webhook to sleep over
--- rows it could not see yet.
+-- webhooks ready. Every affected state row is held FOR KEY SHARE until the
+-- inserting transaction ends: publishers do not block one another, but the
+-- claim, which puts a webhook to sleep only under FOR UPDATE SKIP LOCKED,
+-- cannot put it to sleep over rows it cannot see yet. Only webhooks that were
+-- asleep are written, locked in webhook_id order (as the completer locks) so
+-- writers queue instead of deadlocking.
 CREATE FUNCTION webhook_deliveries_ready() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM 1 FROM webhook_endpoint_state s
     WHERE s.webhook_id IN (SELECT n.webhook_id FROM new_rows n WHERE n.status = 'pending')
     ORDER BY s.webhook_id
-    FOR UPDATE;
+    FOR KEY SHARE;
+    PERFORM 1 FROM webhook_endpoint_state s
+    JOIN (SELECT webhook_id, min(next_retry_at) AS due FROM new_rows WHERE status = 'pending' GROUP BY webhook_id) n
+      ON n.webhook_id = s.webhook_id
+    WHERE s.ready_at IS NULL OR s.ready_at > n.due
+    ORDER BY s.webhook_id
+    FOR NO KEY UPDATE OF s;
     UPDATE webhook_endpoint_state s SET ready_at = least(s.ready_at, n.due)
     FROM (SELECT webhook_id, min(next_retry_at) AS due FROM new_rows WHERE status = 'pending' GROUP BY webhook_id) n
-    WHERE s.webhook_id = n.webhook_id;
+    WHERE s.webhook_id = n.webhook_id AND (s.ready_at IS NULL OR s.ready_at > n.due);
     RETURN NULL;
 END $$;
 
@@ -139,7 +146,6 @@ DECLARE
     want        integer;
     got         integer;
     is_probe    boolean;
-    locked      boolean;
     i           integer;
     pass        integer;
     again       text[];
@@ -170,13 +176,17 @@ BEGIN
         CONTINUE WHEN NOT FOUND;
 
         IF NOT c.active THEN
-            -- Deactivated or disabled: what is pending is not sent (the dead letter).
+            -- Deactivated or disabled: what is pending is not sent (the dead
+            -- letter), a bounded batch per claim; the rest on the next ones.
+            PERFORM 1 FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
             UPDATE webhook_deliveries d
             SET status = 'failed',
                 last_error = coalesce('not sent: the webhook was disabled: ' || c.disabled_reason,
                                       'not sent: the webhook is inactive')
             WHERE d.id IN (SELECT x.id FROM webhook_deliveries x
                            WHERE x.webhook_id = wid AND x.status = 'pending' AND x.next_retry_at <= now()
+                           LIMIT 1000
                            FOR UPDATE SKIP LOCKED);
             -- What is still in flight comes back when its lease ends.
             UPDATE webhook_endpoint_state s
@@ -188,12 +198,11 @@ BEGIN
 
         -- Circuit, throttle and FIFO decisions must be exclusive across
         -- instances: take the state row, or leave this webhook for next time.
-        locked := false;
+        -- (NO KEY UPDATE: publishers' KEY SHARE locks do not stand in the way.)
         IF c.circuit <> 'closed' OR c.rate_limit IS NOT NULL OR c.ordering = 'fifo' THEN
             SELECT s.circuit, s.open_until, s.throttle_tat INTO g
-            FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR UPDATE SKIP LOCKED;
+            FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR NO KEY UPDATE SKIP LOCKED;
             CONTINUE WHEN NOT FOUND;
-            locked := true;
             c.circuit := g.circuit;
             c.open_until := g.open_until;
             c.throttle_tat := g.throttle_tat;
@@ -291,18 +300,19 @@ BEGIN
             CONTINUE;
         END IF;
 
-        IF got < want THEN
-            -- Nothing more due: come back for the earliest pending row (a
-            -- retry, or a lease that may expire). Under the state row's lock,
-            -- and in this statement's fresh snapshot: a fan-out that inserted
-            -- rows we cannot see yet still holds that lock, so we skip.
-            IF NOT locked THEN
-                PERFORM 1 FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR UPDATE SKIP LOCKED;
-                locked := FOUND;
-            END IF;
-            IF locked THEN
+        IF got < want OR (got > 0 AND cardinality(candidates) > 1) THEN
+            -- Done with it for now: back of the line if it has more due
+            -- (round robin), else asleep until its earliest pending row (a
+            -- retry, or a lease that may expire). Only under FOR UPDATE,
+            -- which a publisher's KEY SHARE lock refuses, and in this
+            -- statement's fresh snapshot: rows being inserted that we cannot
+            -- see yet keep it awake.
+            PERFORM 1 FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
                 UPDATE webhook_endpoint_state s
-                SET ready_at = (SELECT min(x.next_retry_at) FROM webhook_deliveries x
+                SET ready_at = (SELECT CASE WHEN min(x.next_retry_at) <= now() THEN now()
+                                            ELSE min(x.next_retry_at) END
+                                FROM webhook_deliveries x
                                 WHERE x.webhook_id = wid AND x.status = 'pending')
                 WHERE s.webhook_id = wid;
             END IF;

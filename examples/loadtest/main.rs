@@ -1,7 +1,11 @@
 //! The load-test harness: `cargo run --release --example loadtest -- <scenario>`
 //! with scenario one of throughput, fanout, wide, steady, backlog, failing,
-//! reporting, all (the six of the performance issue plus reporting), or smoke
-//! (a few seconds of each, for CI).
+//! slow-neighbour, reporting, isolation (throughput, slow-neighbour, failing),
+//! all, or smoke (a few seconds of each, for CI).
+//!
+//! `LOADTEST_BASELINE_BIN=/path/to/an/older/smartdrop-webhooks` runs the
+//! throughput and isolation scenarios with that binary too, first, in the
+//! same run: before and after side by side.
 //!
 //! It starts a fast loopback receiver, a fresh database per scenario, and the
 //! real service binary; registers webhooks through the API; publishes through
@@ -9,6 +13,7 @@
 //! per scenario. Every rate is also given as a ratio to the ceiling: the same
 //! receiver driven by a plain keep-alive client with the same body size and
 //! concurrency, measured in the same run.
+mod isolation;
 mod receiver;
 mod scenarios;
 mod service;
@@ -29,7 +34,6 @@ pub struct Ctx {
     pub receiver: String,
     pub ceiling: f64,
     pub smoke: bool,
-    pub throughput_rate: Option<f64>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -174,7 +178,6 @@ async fn main() -> anyhow::Result<()> {
         receiver,
         ceiling,
         smoke,
-        throughput_rate: None,
     };
     let names: Vec<&str> = match scenario.as_str() {
         "all" | "smoke" => vec![
@@ -184,12 +187,26 @@ async fn main() -> anyhow::Result<()> {
             "steady",
             "backlog",
             "failing",
+            "slow-neighbour",
             "reporting",
         ],
+        "isolation" => vec!["throughput", "slow-neighbour", "failing"],
         one => vec![one],
     };
+    let baseline = std::env::var("LOADTEST_BASELINE_BIN").ok();
     let mut reports = vec![];
     for name in names {
+        if let Some(old) = baseline
+            .as_ref()
+            .filter(|_| ["throughput", "slow-neighbour", "failing"].contains(&name))
+        {
+            let current = std::mem::replace(&mut ctx.bin, old.clone());
+            let mut report = scenarios::run(&mut ctx, name).await?;
+            ctx.bin = current;
+            report.scenario = format!("{name} (before)");
+            print_row(&report);
+            reports.push(report);
+        }
         let report = scenarios::run(&mut ctx, name).await?;
         print_row(&report);
         reports.push(report);

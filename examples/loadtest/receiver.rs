@@ -1,5 +1,6 @@
-//! A fast loopback receiver: keep-alive, answers 200 (or 500 under /fail/),
-//! counts arrivals, and remembers when each event arrived when asked to.
+//! A fast loopback receiver: keep-alive, answers 200 (500 under /fail/; under
+//! /hang/ it answers nothing for a minute), counts arrivals, and remembers
+//! when each event arrived when asked to.
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 pub struct Tally {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
+    pub hung: AtomicU64,
     pub first: Mutex<Option<Instant>>,
     pub last_ok: Mutex<Option<Instant>>,
     /// event_id → arrival, when `track` is on.
@@ -22,6 +24,7 @@ impl Tally {
     pub fn reset(&self) {
         self.ok.store(0, Ordering::SeqCst);
         self.failed.store(0, Ordering::SeqCst);
+        self.hung.store(0, Ordering::SeqCst);
         *self.first.lock().unwrap() = None;
         *self.last_ok.lock().unwrap() = None;
         self.arrivals.lock().unwrap().clear();
@@ -31,6 +34,11 @@ impl Tally {
 async fn receive(req: HttpRequest, body: web::Bytes, tally: web::Data<Arc<Tally>>) -> HttpResponse {
     let now = Instant::now();
     tally.first.lock().unwrap().get_or_insert(now);
+    if req.path().starts_with("/hang/") {
+        tally.hung.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        return HttpResponse::Ok().finish();
+    }
     if req.path().starts_with("/fail/") {
         tally.failed.fetch_add(1, Ordering::Relaxed);
         return HttpResponse::InternalServerError().finish();

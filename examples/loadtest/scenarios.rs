@@ -13,15 +13,15 @@ use crate::{Ctx, Report, wait_ok};
 /// Padding in each event's data, for a realistic body (about 300 bytes).
 pub const PAD: &str = "0x5f3759df0000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000000";
 
-struct Db {
+pub struct Db {
     name: String,
     server_url: String,
-    url: String,
-    pool: PgPool,
+    pub url: String,
+    pub pool: PgPool,
 }
 
 impl Db {
-    async fn fresh(ctx: &Ctx, scenario: &str) -> anyhow::Result<Self> {
+    pub async fn fresh(ctx: &Ctx, scenario: &str) -> anyhow::Result<Self> {
         let name = format!("loadtest_{scenario}_{}", std::process::id());
         let mut admin = sqlx::PgConnection::connect(&ctx.server_url).await?;
         admin
@@ -36,11 +36,19 @@ impl Db {
             Some((server, _)) => format!("{server}/{name}"),
             None => anyhow::bail!("LOADTEST_DATABASE_URL must name a database"),
         };
+        // The binary under test migrates its own database, so a baseline
+        // binary gets the schema it was built for.
+        let migrated = std::process::Command::new(&ctx.bin)
+            .arg("migrate")
+            .env_clear()
+            .env("DATABASE_URL", &url)
+            .env("LOG_LEVEL", "warn")
+            .status()?;
+        anyhow::ensure!(migrated.success(), "{} migrate failed", ctx.bin);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(4)
             .connect(&url)
             .await?;
-        smartdrop_webhooks::db::MIGRATOR.run(&pool).await?;
         Ok(Self {
             name,
             server_url: ctx.server_url.clone(),
@@ -49,7 +57,7 @@ impl Db {
         })
     }
 
-    async fn drop_it(self) -> anyhow::Result<()> {
+    pub async fn drop_it(self) -> anyhow::Result<()> {
         self.pool.close().await;
         let mut admin = sqlx::PgConnection::connect(&self.server_url).await?;
         admin
@@ -63,27 +71,46 @@ impl Db {
 }
 
 /// Publishes events `from..to` in one transaction, as an indexer batch would.
-async fn publish_batch(pool: &PgPool, from: i64, to: i64) -> anyhow::Result<()> {
-    sqlx::query("SELECT count(webhook_publish('pool.created', jsonb_build_object('i', g, 'pad', $3::text))) FROM generate_series($1, $2) g")
+pub async fn publish_batch(pool: &PgPool, from: i64, to: i64) -> anyhow::Result<()> {
+    publish_typed(pool, "pool.created", from, to).await
+}
+
+pub async fn publish_typed(
+    pool: &PgPool,
+    event_type: &str,
+    from: i64,
+    to: i64,
+) -> anyhow::Result<()> {
+    sqlx::query("SELECT count(webhook_publish($4, jsonb_build_object('i', g, 'pad', $3::text))) FROM generate_series($1, $2) g")
         .bind(from)
         .bind(to)
         .bind(PAD)
+        .bind(event_type)
         .execute(pool)
         .await?;
     Ok(())
 }
 
-async fn publish_in_batches(pool: &PgPool, total: i64, batch: i64) -> anyhow::Result<()> {
+pub async fn publish_in_batches(pool: &PgPool, total: i64, batch: i64) -> anyhow::Result<()> {
+    publish_typed_in_batches(pool, "pool.created", total, batch).await
+}
+
+pub async fn publish_typed_in_batches(
+    pool: &PgPool,
+    event_type: &str,
+    total: i64,
+    batch: i64,
+) -> anyhow::Result<()> {
     let mut from = 1;
     while from <= total {
         let to = (from + batch - 1).min(total);
-        publish_batch(pool, from, to).await?;
+        publish_typed(pool, event_type, from, to).await?;
         from = to + 1;
     }
     Ok(())
 }
 
-fn env(pairs: &[(&str, &str)]) -> Vec<(&'static str, String)> {
+pub fn env(pairs: &[(&str, &str)]) -> Vec<(&'static str, String)> {
     pairs
         .iter()
         .map(|(k, v)| {
@@ -95,7 +122,7 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(&'static str, String)> {
         .collect()
 }
 
-fn finish(
+pub fn finish(
     ctx: &Ctx,
     name: &str,
     delivered: u64,
@@ -118,7 +145,7 @@ fn finish(
     }
 }
 
-fn elapsed_to_last(ctx: &Ctx, started: Instant) -> f64 {
+pub fn elapsed_to_last(ctx: &Ctx, started: Instant) -> f64 {
     let last = ctx
         .tally
         .last_ok
@@ -136,7 +163,8 @@ pub async fn run(ctx: &mut Ctx, name: &str) -> anyhow::Result<Report> {
         "wide" => wide(ctx).await,
         "steady" => steady(ctx).await,
         "backlog" => backlog(ctx).await,
-        "failing" => failing(ctx).await,
+        "failing" => crate::isolation::failing(ctx).await,
+        "slow-neighbour" => crate::isolation::slow_neighbour(ctx).await,
         "reporting" => reporting(ctx).await,
         other => anyhow::bail!("unknown scenario {other}"),
     }
@@ -167,7 +195,6 @@ async fn throughput(ctx: &mut Ctx) -> anyhow::Result<Report> {
             "INCOMPLETE".into()
         },
     );
-    ctx.throughput_rate = Some(report.rate);
     service.stop();
     db.drop_it().await?;
     Ok(report)
@@ -442,43 +469,6 @@ async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Report> {
         note,
         ..Default::default()
     })
-}
-
-/// Half the webhooks answer 500: the healthy half's rate against scenario 1.
-async fn failing(ctx: &mut Ctx) -> anyhow::Result<Report> {
-    let (hooks, events) = if ctx.smoke { (4, 200) } else { (10, 5_000) };
-    let db = Db::fresh(ctx, "failing").await?;
-    let settings = env(&[
-        ("WEBHOOK_MAX_ATTEMPTS", "5"),
-        ("WEBHOOK_RETRY_BASE_MS", "100"),
-        ("WEBHOOK_RETRY_POLL_MS", "100"),
-    ]);
-    let service = Service::start(&ctx.bin, &db.url, &settings).await;
-    for i in 0..hooks {
-        let kind = if i % 2 == 0 { "ok" } else { "fail" };
-        service
-            .register(&ctx.client, &format!("{}/{kind}/{i}", ctx.receiver))
-            .await;
-    }
-    let started = Instant::now();
-    publish_in_batches(&db.pool, events, 500).await?;
-    let healthy = (hooks / 2 * events) as u64;
-    let complete = wait_ok(&ctx.tally, healthy, Duration::from_secs(300)).await;
-    let seconds = elapsed_to_last(ctx, started);
-    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
-    let failed = ctx.tally.failed.load(Ordering::Relaxed);
-    let mut report = finish(ctx, "failing", delivered, seconds, &service, String::new());
-    let vs = ctx.throughput_rate.map(|t| report.rate / t);
-    report.note = format!(
-        "healthy half {:.0}/s while {failed} failing attempts were made{}{}",
-        report.rate,
-        vs.map(|v| format!("; {:.0}% of the throughput scenario's rate", v * 100.0))
-            .unwrap_or_default(),
-        if complete { "" } else { " INCOMPLETE" }
-    );
-    service.stop();
-    db.drop_it().await?;
-    Ok(report)
 }
 
 /// 1,000,000 deliveries over 1,000 webhooks and 7 days: each reporting query timed.

@@ -104,10 +104,15 @@ impl Service {
     }
 
     pub async fn register(&self, client: &reqwest::Client, url: &str) -> String {
+        self.register_for(client, url, "*").await
+    }
+
+    /// Registers a webhook for one event type (or pattern).
+    pub async fn register_for(&self, client: &reqwest::Client, url: &str, events: &str) -> String {
         let response = client
             .post(format!("{}/api/v1/webhooks", self.base))
             .bearer_auth(KEY)
-            .json(&serde_json::json!({"url": url, "events": ["*"]}))
+            .json(&serde_json::json!({"url": url, "events": [events]}))
             .send()
             .await
             .expect("register");

@@ -115,6 +115,7 @@ impl Worker {
         let lease_ms = self.config.lease.as_millis() as i64;
         let rooms = fairness::rooms(
             self.config.concurrency as usize,
+            self.permits.available_permits(),
             &self.in_flight.lock().unwrap().per_webhook,
         );
         let claimed = queue::store::claim(&self.pool, free as i64, lease_ms, &rooms).await?;
@@ -150,9 +151,16 @@ impl Worker {
                 slot_freed.notify_one();
             });
         }
+        // After this claim's sends started: is some webhook at its share now?
+        let at_share = fairness::rooms(
+            self.config.concurrency as usize,
+            self.permits.available_permits(),
+            &self.in_flight.lock().unwrap().per_webhook,
+        )
+        .any_full();
         Ok(WorkOutcome {
             started: taken,
-            at_share: rooms.any_full(),
+            at_share,
         })
     }
 
@@ -162,7 +170,8 @@ impl Worker {
         let low_water = (self.config.batch.min(self.config.concurrency) as usize / 2).max(1);
         'outer: loop {
             let mut at_share = false;
-            // Keep claiming while full batches come back.
+            // Keep claiming while claims bring work: a short batch no longer
+            // means the queue is empty (shares, throttles, FIFO cut it).
             loop {
                 if shutdown.is_cancelled() {
                     break 'outer;
@@ -181,12 +190,8 @@ impl Worker {
                         _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                     }
                 }
-                let want = self
-                    .permits
-                    .available_permits()
-                    .min(self.config.batch as usize);
                 match self.run_once().await {
-                    Ok(outcome) if outcome.started >= want && outcome.started > 0 => continue,
+                    Ok(outcome) if outcome.started > 0 => continue,
                     Ok(outcome) => {
                         at_share = outcome.at_share;
                         break;

@@ -97,7 +97,15 @@ pub async fn complete(
             });
         }
     }
+    let wake = updates.iter().any(|u| u.wake_now);
     endpoints::write(&mut tx, &updates).await?;
+    if wake {
+        // A FIFO head finished or a circuit closed: rows are due now, on
+        // every instance's claim (delivered on commit).
+        sqlx::query!("SELECT pg_notify('webhook_deliveries', '')")
+            .execute(&mut *tx)
+            .await?;
+    }
     tx.commit().await?;
     Ok(done)
 }

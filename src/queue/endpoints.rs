@@ -175,8 +175,8 @@ pub async fn undefer(
     Ok(done.rows_affected())
 }
 
-/// Closes the circuit and forgets the throttle's debt (re-enabling a webhook):
-/// what the circuit had deferred is due at once.
+/// Closes the circuit (re-enabling a webhook): what it had deferred is due at
+/// once.
 pub async fn reset(conn: &mut PgConnection, webhook_id: &str) -> sqlx::Result<()> {
     let horizon = sqlx::query_scalar!(
         r#"
@@ -185,7 +185,7 @@ pub async fn reset(conn: &mut PgConnection, webhook_id: &str) -> sqlx::Result<()
         )
         UPDATE webhook_endpoint_state s
         SET circuit = 'closed', consecutive_failures = 0, open_until = NULL, cooldown_ms = NULL,
-            opened_at = NULL, throttle_tat = NULL, ready_at = now()
+            opened_at = NULL, ready_at = now()
         FROM old WHERE s.webhook_id = old.webhook_id
         RETURNING old.open_until
         "#,

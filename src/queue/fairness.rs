@@ -1,8 +1,10 @@
 //! Fair shares of this instance's send slots, pure. A webhook may hold at most
 //! `usable / n` slots, where `n` counts the webhooks with sends in flight here
-//! (plus one for a newcomer) and `usable` keeps a reserve of slots free: a
-//! fresh delivery to any other webhook always finds one, however many of one
-//! endpoint's sends hang until the timeout. A webhook alone may use every
+//! (plus one for a newcomer) and `usable` keeps a reserve of slots free; only
+//! a webhook with nothing in flight may take a slot from the reserve, and only
+//! one. So a fresh delivery to a quiet webhook finds a slot however many of
+//! one endpoint's sends hang until the timeout (unless more endpoints than
+//! the reserve turn slow at the same moment). A webhook alone may use every
 //! slot but the reserve.
 use std::collections::HashMap;
 
@@ -32,18 +34,25 @@ pub fn reserve(concurrency: usize) -> usize {
     }
 }
 
-pub fn rooms(concurrency: usize, in_flight: &HashMap<String, usize>) -> Rooms {
-    let usable = concurrency - reserve(concurrency);
+/// `free` is how many slots are free now.
+pub fn rooms(concurrency: usize, free: usize, in_flight: &HashMap<String, usize>) -> Rooms {
+    let reserve = reserve(concurrency);
+    let usable = concurrency - reserve;
     let share = |n: usize| (usable / n.max(1)).max(1);
+    // What may be taken without touching the reserve.
+    let unreserved = free.saturating_sub(reserve);
     let busy_share = share(in_flight.len());
     let mut busy: Vec<(String, i32)> = in_flight
         .iter()
-        .map(|(id, &n)| (id.clone(), busy_share.saturating_sub(n) as i32))
+        .map(|(id, &n)| {
+            let room = busy_share.saturating_sub(n).min(unreserved);
+            (id.clone(), room as i32)
+        })
         .collect();
     busy.sort();
     Rooms {
         busy,
-        newcomer: share(in_flight.len() + 1) as i32,
+        newcomer: share(in_flight.len() + 1).min(unreserved.max(1)) as i32,
     }
 }
 
@@ -58,25 +67,37 @@ mod tests {
     #[test]
     fn a_webhook_alone_gets_everything_but_the_reserve() {
         assert_eq!(reserve(64), 8);
-        assert_eq!(rooms(64, &flying(&[])).newcomer, 56);
-        assert_eq!(rooms(64, &flying(&[("a", 50)])).busy, vec![("a".into(), 6)]);
+        assert_eq!(rooms(64, 64, &flying(&[])).newcomer, 56);
+        assert_eq!(
+            rooms(64, 14, &flying(&[("a", 50)])).busy,
+            vec![("a".into(), 6)]
+        );
     }
 
     #[test]
     fn shares_shrink_as_webhooks_get_busy() {
-        let r = rooms(64, &flying(&[("a", 56)]));
+        let r = rooms(64, 8, &flying(&[("a", 56)]));
         assert_eq!(r.busy, vec![("a".into(), 0)]);
-        assert_eq!(r.newcomer, 28);
         assert!(r.any_full());
-        let r = rooms(64, &flying(&[("a", 56), ("b", 1)]));
-        assert_eq!(r.busy, vec![("a".into(), 0), ("b".into(), 27)]);
+        // Only the reserve is free: a newcomer may take one slot of it.
+        assert_eq!(r.newcomer, 1);
+        let r = rooms(64, 30, &flying(&[("a", 30), ("b", 4)]));
+        assert_eq!(r.busy, vec![("a".into(), 0), ("b".into(), 22)]);
         assert_eq!(r.newcomer, 18);
+    }
+
+    #[test]
+    fn a_second_slow_webhook_cannot_drain_the_reserve() {
+        // a hangs at its share, b took its one reserve slot and hangs too.
+        let r = rooms(64, 7, &flying(&[("a", 56), ("b", 1)]));
+        assert_eq!(r.busy, vec![("a".into(), 0), ("b".into(), 0)]);
+        assert_eq!(r.newcomer, 1, "a third webhook still gets a slot");
     }
 
     #[test]
     fn every_webhook_keeps_at_least_one_slot() {
         let many: HashMap<String, usize> = (0..100).map(|i| (format!("w{i}"), 0)).collect();
-        let r = rooms(64, &many);
+        let r = rooms(64, 64, &many);
         assert!(r.busy.iter().all(|(_, room)| *room == 1));
         assert_eq!(r.newcomer, 1);
     }
@@ -84,8 +105,8 @@ mod tests {
     #[test]
     fn tiny_pools_have_no_reserve_below_two_slots() {
         assert_eq!(reserve(1), 0);
-        assert_eq!(rooms(1, &flying(&[])).newcomer, 1);
+        assert_eq!(rooms(1, 1, &flying(&[])).newcomer, 1);
         assert_eq!(reserve(2), 1);
-        assert_eq!(rooms(2, &flying(&[])).newcomer, 1);
+        assert_eq!(rooms(2, 2, &flying(&[])).newcomer, 1);
     }
 }

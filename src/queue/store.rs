@@ -86,13 +86,22 @@ pub async fn insert_claimed(
 
 /// Claims one `failed` delivery of an active webhook for a manual retry.
 /// `None` when it is not failed, its webhook is inactive, or it does not exist.
+/// The webhook is woken for the lease's end, so the delivery is not stranded
+/// if this attempt is never recorded.
 pub async fn claim_failed(
     pool: &PgPool,
     webhook_id: &str,
     delivery_id: &str,
     lease_ms: i64,
 ) -> sqlx::Result<Option<Claimed>> {
-    sqlx::query_as!(
+    let mut tx = pool.begin().await?;
+    sqlx::query!(
+        "SELECT webhook_id FROM webhook_endpoint_state WHERE webhook_id = $1 FOR UPDATE",
+        webhook_id
+    )
+    .fetch_optional(&mut *tx)
+    .await?;
+    let claimed = sqlx::query_as!(
         Claimed,
         r#"
         UPDATE webhook_deliveries d
@@ -109,8 +118,21 @@ pub async fn claim_failed(
         delivery_id,
         lease_ms as f64,
     )
-    .fetch_optional(pool)
-    .await
+    .fetch_optional(&mut *tx)
+    .await?;
+    sqlx::query!(
+        r#"
+        UPDATE webhook_endpoint_state
+        SET ready_at = least(ready_at, now() + make_interval(secs => $2::float8 / 1000))
+        WHERE webhook_id = $1
+        "#,
+        webhook_id,
+        lease_ms as f64,
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(claimed)
 }
 
 /// Records many attempts in one statement: each row's new state and its
@@ -196,6 +218,19 @@ pub(super) async fn finish_many(
 /// Gives leases back without consuming an attempt (shutdown), so another
 /// instance can send those deliveries at once.
 pub async fn release(pool: &PgPool, tokens: &[Uuid]) -> sqlx::Result<u64> {
+    let mut tx = pool.begin().await?;
+    // State rows first, in webhook_id order, as the completer locks them.
+    sqlx::query!(
+        r#"
+        SELECT s.webhook_id FROM webhook_endpoint_state s
+        WHERE s.webhook_id IN (SELECT webhook_id FROM webhook_deliveries WHERE lease_token = ANY($1))
+        ORDER BY s.webhook_id
+        FOR UPDATE
+        "#,
+        tokens,
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     let released = sqlx::query_scalar!(
         r#"
         WITH released AS (
@@ -211,8 +246,9 @@ pub async fn release(pool: &PgPool, tokens: &[Uuid]) -> sqlx::Result<u64> {
         "#,
         tokens,
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(released as u64)
 }
 
