@@ -170,8 +170,9 @@ impl Worker {
         let low_water = (self.config.batch.min(self.config.concurrency) as usize / 2).max(1);
         'outer: loop {
             let mut at_share = false;
-            // Keep claiming while claims bring work: a short batch no longer
-            // means the queue is empty (shares, throttles, FIFO cut it).
+            // Keep claiming while claims bring work (a short batch no longer
+            // means the queue is empty: shares, throttles, FIFO cut it), until
+            // a webhook reaches its share; then the end of a send wakes us.
             loop {
                 if shutdown.is_cancelled() {
                     break 'outer;
@@ -191,7 +192,7 @@ impl Worker {
                     }
                 }
                 match self.run_once().await {
-                    Ok(outcome) if outcome.started > 0 => continue,
+                    Ok(outcome) if outcome.started > 0 && !outcome.at_share => continue,
                     Ok(outcome) => {
                         at_share = outcome.at_share;
                         break;

@@ -1,8 +1,16 @@
-//! Recording finished attempts. One transaction per batch takes the batch's
-//! endpoint state rows (in webhook_id order), records the attempts (fenced on
-//! their leases), moves each endpoint's breaker, defers or frees its backlog,
-//! and wakes the claim for rows that became due. The instance that records a
-//! transition is the only one that sees it, so each is reported once.
+//! Recording finished attempts. One statement records the batch (fenced on the
+//! leases); then, only for endpoints where something happened (a failure, a
+//! retry, a FIFO head done, a circuit not at rest), one transaction takes
+//! their state rows in webhook_id order, moves each breaker, defers or frees
+//! its backlog, and wakes the claim for rows that became due. The common case,
+//! successes on a healthy endpoint, costs the one statement. The instance that
+//! records a transition is the only one that sees it, so each is reported
+//! once.
+//!
+//! Should the second step fail, nothing is stranded: a retry's webhook wakes
+//! at the latest when the lease of that attempt would have ended (the claim
+//! never sleeps a webhook past its earliest pending row, leased rows
+//! included).
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
@@ -27,20 +35,30 @@ pub async fn complete(
     batch: &[Finished],
     config: &BreakerConfig,
 ) -> sqlx::Result<Completed> {
-    let mut webhook_ids: Vec<String> = batch.iter().map(|f| f.webhook_id.clone()).collect();
-    webhook_ids.sort();
-    webhook_ids.dedup();
-    let mut tx = pool.begin().await?;
-    let locked = endpoints::lock(&mut tx, &webhook_ids).await?;
-    let recorded: HashSet<String> = store::finish_many(&mut tx, batch)
-        .await?
-        .into_iter()
-        .collect();
-    let now = Utc::now();
+    let recorded = store::finish_many(pool, batch).await?;
     let mut done = Completed {
-        recorded,
+        recorded: recorded.iter().map(|r| r.id.clone()).collect(),
         ..Completed::default()
     };
+    // Attempts that may move a breaker or wake a webhook.
+    let eventful: HashSet<&str> = batch
+        .iter()
+        .filter(|f| f.next != NextState::Success)
+        .map(|f| f.id.as_str())
+        .collect();
+    let mut webhook_ids: Vec<String> = recorded
+        .iter()
+        .filter(|r| !r.at_rest || eventful.contains(r.id.as_str()))
+        .map(|r| r.webhook_id.clone())
+        .collect();
+    webhook_ids.sort();
+    webhook_ids.dedup();
+    if webhook_ids.is_empty() {
+        return Ok(done);
+    }
+    let mut tx = pool.begin().await?;
+    let locked = endpoints::lock(&mut tx, &webhook_ids).await?;
+    let now = Utc::now();
     let mut updates = vec![];
     for endpoint in locked {
         let mut state = endpoint.breaker.clone();

@@ -2,7 +2,7 @@
 //! change after a claim is fenced on `(id, lease_token)`: a worker whose lease
 //! expired and was taken over changes nothing.
 use chrono::{DateTime, Utc};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::fairness::Rooms;
@@ -137,12 +137,8 @@ pub async fn claim_failed(
 
 /// Records many attempts in one statement: each row's new state and its
 /// attempt row, fenced on its lease. Rows whose lease was lost are skipped.
-/// Returns the ids of the deliveries recorded. Called by `complete`, inside
-/// its transaction.
-pub(super) async fn finish_many(
-    conn: &mut PgConnection,
-    batch: &[Finished],
-) -> sqlx::Result<Vec<String>> {
+/// Called by `completion::complete`.
+pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Result<Vec<Recorded>> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut tokens = Vec::with_capacity(batch.len());
     let mut statuses = Vec::with_capacity(batch.len());
@@ -192,12 +188,21 @@ pub(super) async fn finish_many(
             WHERE d.id = i.id AND d.lease_token = i.token
             RETURNING d.id, d.webhook_id, d.attempts, i.started_at, i.duration_ms, i.response_status,
                       i.error_kind, i.error, i.excerpt
+        ), logged AS (
+            INSERT INTO webhook_delivery_attempts
+                (delivery_id, webhook_id, attempt, started_at, duration_ms, response_status, error_kind, error, response_excerpt)
+            SELECT id, webhook_id, attempts, started_at, duration_ms, response_status, error_kind, error, excerpt
+            FROM done
+            RETURNING delivery_id, webhook_id
         )
-        INSERT INTO webhook_delivery_attempts
-            (delivery_id, webhook_id, attempt, started_at, duration_ms, response_status, error_kind, error, response_excerpt)
-        SELECT id, webhook_id, attempts, started_at, duration_ms, response_status, error_kind, error, excerpt
-        FROM done
-        RETURNING delivery_id
+        -- Whether its endpoint state is at rest (closed, no failures, not
+        -- FIFO), read without a lock: a success there changes nothing.
+        SELECT l.delivery_id, l.webhook_id,
+               coalesce(s.circuit = 'closed' AND s.consecutive_failures = 0 AND w.ordering <> 'fifo', false)
+                   AS "at_rest!"
+        FROM logged l
+        JOIN webhooks w ON w.id = l.webhook_id
+        LEFT JOIN webhook_endpoint_state s ON s.webhook_id = l.webhook_id
         "#,
         &ids,
         &tokens,
@@ -210,9 +215,24 @@ pub(super) async fn finish_many(
         &kinds as &[Option<String>],
         &excerpts as &[Option<String>],
     )
-    .fetch_all(conn)
+    .fetch_all(pool)
     .await?;
-    Ok(done.into_iter().map(|r| r.delivery_id).collect())
+    Ok(done
+        .into_iter()
+        .map(|r| Recorded {
+            id: r.delivery_id,
+            webhook_id: r.webhook_id,
+            at_rest: r.at_rest,
+        })
+        .collect())
+}
+
+/// An attempt `finish_many` recorded.
+pub(super) struct Recorded {
+    pub id: String,
+    pub webhook_id: String,
+    /// Its endpoint's state was closed with no failures, and not FIFO.
+    pub at_rest: bool,
 }
 
 /// Gives leases back without consuming an attempt (shutdown), so another
