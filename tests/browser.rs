@@ -24,7 +24,13 @@ async fn the_dashboard_shows_the_seeded_webhooks_in_chromium(pool: PgPool) {
     let ok = Receiver::start().await;
     let broken = Receiver::start().await;
     broken.always(Reply::status(500));
-    let app = TestApp::spawn_with(pool, |c| c.webhook_max_attempts = 1).await;
+    // The broken endpoint's sixth failure opens its circuit (all six are
+    // attempted first, so none stays pending).
+    let app = TestApp::spawn_with(pool, |c| {
+        c.webhook_max_attempts = 1;
+        c.webhook_breaker_threshold = 6;
+    })
+    .await;
     let pools = app.create_webhook(&ok.url, &["pool.*"]).await["id"]
         .as_str()
         .unwrap()
@@ -57,9 +63,18 @@ async fn the_dashboard_shows_the_seeded_webhooks_in_chromium(pool: PgPool) {
     app.wait_deliveries(&prices, Duration::from_secs(10), done(2))
         .await;
 
+    // The prices webhook was disabled by the service (as after a 410).
+    sqlx::query("UPDATE webhooks SET active = false, disabled_at = now(), disabled_reason = 'The endpoint answered 410 Gone, which says it will not come back.' WHERE id = $1")
+        .bind(&prices)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
     // Worked out by hand: the broken endpoint failed all 6 (one attempt each),
     // the two healthy ones succeeded every time. Failing first, then by URL.
     let expected = json!({
+        "open_circuit": broken.url,
+        "disabled": format!("{}/prices", ok.url),
         "order": [everything, pools, prices],
         "webhooks": [
             {"id": everything, "deliveries": 6, "success": 0, "pending": 0, "failed": 6, "success_rate": "0.0%", "consecutive_failures": 6},

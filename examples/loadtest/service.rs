@@ -12,8 +12,12 @@ pub struct Service {
 }
 
 /// Builds the service binary in the harness's own profile (release for
-/// measurements, debug for the CI smoke run) and returns its path.
+/// measurements, debug for the CI smoke run) and returns its path;
+/// `LOADTEST_BIN` names another binary instead.
 pub fn binary() -> String {
+    if let Ok(bin) = std::env::var("LOADTEST_BIN") {
+        return bin;
+    }
     let (flag, dir) = if cfg!(debug_assertions) {
         (None, "debug")
     } else {

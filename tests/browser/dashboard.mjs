@@ -80,6 +80,12 @@ try {
   const failures = await page.$$eval("#failures-table tbody tr", (r) => r.length);
   if (failures < 1) fail("no recent failures listed");
 
+  phase = "isolation";
+  const circuits = await page.$eval("#circuits-table tbody", (t) => t.textContent);
+  if (!circuits.includes(expected.open_circuit)) fail(`open circuits show ${circuits}`);
+  const disabled = await page.$eval("#disabled-table tbody", (t) => t.textContent);
+  if (!disabled.includes(expected.disabled) || !disabled.includes("410 Gone")) fail(`disabled webhooks show ${disabled}`);
+
   phase = "screenshot";
   await page.screenshot({ path: screenshot, fullPage: true });
 
