@@ -149,6 +149,8 @@ DECLARE
     i           integer;
     pass        integer;
     again       text[];
+    to_sleep    text[] := '{}';
+    sleepers    text[];
 BEGIN
     SELECT array_agg(s.webhook_id ORDER BY s.ready_at) INTO candidates
     FROM (SELECT s.webhook_id, s.ready_at FROM webhook_endpoint_state s
@@ -301,21 +303,8 @@ BEGIN
         END IF;
 
         IF got < want OR (got > 0 AND cardinality(candidates) > 1) THEN
-            -- Done with it for now: back of the line if it has more due
-            -- (round robin), else asleep until its earliest pending row (a
-            -- retry, or a lease that may expire). Only under FOR UPDATE,
-            -- which a publisher's KEY SHARE lock refuses, and in this
-            -- statement's fresh snapshot: rows being inserted that we cannot
-            -- see yet keep it awake.
-            PERFORM 1 FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR UPDATE SKIP LOCKED;
-            IF FOUND THEN
-                UPDATE webhook_endpoint_state s
-                SET ready_at = (SELECT CASE WHEN min(x.next_retry_at) <= now() THEN now()
-                                            ELSE min(x.next_retry_at) END
-                                FROM webhook_deliveries x
-                                WHERE x.webhook_id = wid AND x.status = 'pending')
-                WHERE s.webhook_id = wid;
-            END IF;
+            -- Done with it for now (see the end).
+            to_sleep := to_sleep || wid;
         ELSIF c.rate_limit IS NOT NULL THEN
             -- throttled: back at the next slot
             UPDATE webhook_endpoint_state s
@@ -325,6 +314,26 @@ BEGIN
     END LOOP;
     candidates := again;
     END LOOP;
+
+    -- The webhooks done with for now go to the back of the line if they have
+    -- more due (round robin), else to sleep until their earliest pending row
+    -- (a retry, or a lease that may expire). Only under FOR UPDATE, which a
+    -- publisher's KEY SHARE lock refuses, and in the next statement's fresh
+    -- snapshot: rows being inserted that we cannot see yet keep a webhook
+    -- awake. One statement each for all of them.
+    IF cardinality(to_sleep) > 0 THEN
+        SELECT array_agg(l.webhook_id) INTO sleepers
+        FROM (SELECT s.webhook_id FROM webhook_endpoint_state s
+              WHERE s.webhook_id = ANY(to_sleep)
+              ORDER BY s.webhook_id
+              FOR UPDATE SKIP LOCKED) l;
+        UPDATE webhook_endpoint_state s
+        SET ready_at = (SELECT CASE WHEN min(x.next_retry_at) <= now() THEN now()
+                                    ELSE min(x.next_retry_at) END
+                        FROM webhook_deliveries x
+                        WHERE x.webhook_id = s.webhook_id AND x.status = 'pending')
+        WHERE s.webhook_id = ANY(sleepers);
+    END IF;
 END $$;
 
 -- Open circuits and disabled webhooks, for dashboards.
