@@ -4,38 +4,44 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::scenarios::{Db, elapsed_to_last, env, finish, publish_typed, publish_typed_in_batches};
+use crate::scenarios::{
+    Db, elapsed_to_last, env, finish, latencies_ms, publish_typed, publish_typed_in_batches,
+};
 use crate::service::Service;
 use crate::{Ctx, Report, wait_ok};
 
-fn settings() -> Vec<(&'static str, String)> {
-    env(&[
+/// A fresh database and service with the settings, a troubled
+/// neighbour at `neighbour_path` subscribed to `pool.closed`, and a healthy
+/// webhook subscribed to `healthy_type`.
+async fn neighbours(
+    ctx: &Ctx,
+    name: &str,
+    neighbour_path: &str,
+    healthy_type: &str,
+) -> anyhow::Result<(Db, Service)> {
+    let settings = env(&[
         ("WEBHOOK_TIMEOUT_MS", "1000"),
         ("WEBHOOK_RETRY_BASE_MS", "300"),
         ("WEBHOOK_RETRY_POLL_MS", "100"),
-    ])
+    ]);
+    let db = Db::fresh(ctx, name).await?;
+    let service = Service::start(&ctx.bin, &db.url, &settings).await;
+    let neighbour = format!("{}{neighbour_path}", ctx.receiver);
+    service
+        .register_for(&ctx.client, &neighbour, "pool.closed")
+        .await;
+    let healthy = format!("{}/ok/1", ctx.receiver);
+    service
+        .register_for(&ctx.client, &healthy, healthy_type)
+        .await;
+    Ok((db, service))
 }
 
 /// A webhook whose receiver hangs past the timeout has 2,000 due deliveries;
 /// another webhook's fresh events, published one by one: commit → arrival.
 pub async fn slow_neighbour(ctx: &mut Ctx) -> anyhow::Result<Report> {
     let (backlog, fresh) = if ctx.smoke { (200, 5) } else { (2_000, 20) };
-    let db = Db::fresh(ctx, "slow_neighbour").await?;
-    let service = Service::start(&ctx.bin, &db.url, &settings()).await;
-    service
-        .register_for(
-            &ctx.client,
-            &format!("{}/hang/0", ctx.receiver),
-            "pool.closed",
-        )
-        .await;
-    service
-        .register_for(
-            &ctx.client,
-            &format!("{}/ok/1", ctx.receiver),
-            "price.alert",
-        )
-        .await;
+    let (db, service) = neighbours(ctx, "slow_neighbour", "/hang/0", "price.alert").await?;
     publish_typed(&db.pool, "pool.closed", 1, backlog).await?;
     // The neighbour's sends are hanging before the fresh events come.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -62,21 +68,12 @@ pub async fn slow_neighbour(ctx: &mut Ctx) -> anyhow::Result<Report> {
     ctx.tally.track.store(false, Ordering::SeqCst);
     let arrivals = ctx.tally.arrivals.lock().unwrap().clone();
     // Not arrived within the window counts as the whole window.
-    let mut latencies: Vec<f64> = committed
-        .iter()
-        .map(|(id, at)| {
-            arrivals
-                .get(id)
-                .map(|a| a.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-                .unwrap_or(window as f64 * 1000.0)
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-    };
+    let window_ms = Some(window as f64 * 1000.0);
+    let latencies = latencies_ms(
+        committed.iter().map(|(id, at)| (id, at)),
+        &arrivals,
+        window_ms,
+    );
     let delivered = ctx.tally.ok.load(Ordering::Relaxed);
     let late = committed
         .iter()
@@ -95,9 +92,7 @@ pub async fn slow_neighbour(ctx: &mut Ctx) -> anyhow::Result<Report> {
         &service,
         note,
     );
-    report.p50_ms = pct(0.50);
-    report.p95_ms = pct(0.95);
-    report.p99_ms = pct(0.99);
+    report.set_percentiles(&latencies);
     service.stop();
     db.drop_it().await?;
     Ok(report)
@@ -127,22 +122,7 @@ pub async fn failing(ctx: &mut Ctx) -> anyhow::Result<Report> {
 }
 
 async fn healthy_rate(ctx: &mut Ctx, backlog: i64, events: i64) -> anyhow::Result<Report> {
-    let db = Db::fresh(ctx, "failing").await?;
-    let service = Service::start(&ctx.bin, &db.url, &settings()).await;
-    service
-        .register_for(
-            &ctx.client,
-            &format!("{}/fail/0", ctx.receiver),
-            "pool.closed",
-        )
-        .await;
-    service
-        .register_for(
-            &ctx.client,
-            &format!("{}/ok/1", ctx.receiver),
-            "pool.created",
-        )
-        .await;
+    let (db, service) = neighbours(ctx, "failing", "/fail/0", "pool.created").await?;
     if backlog > 0 {
         publish_typed(&db.pool, "pool.closed", 1, backlog).await?;
     }

@@ -145,6 +145,39 @@ pub fn finish(
     }
 }
 
+/// Commit → arrival per event in ms, sorted. An event that never arrived
+/// counts as `missing` ms, or is left out when `missing` is `None`.
+pub fn latencies_ms<'a>(
+    committed: impl Iterator<Item = (&'a String, &'a Instant)>,
+    arrivals: &HashMap<String, Instant>,
+    missing: Option<f64>,
+) -> Vec<f64> {
+    let mut ms: Vec<f64> = committed
+        .filter_map(|(id, at)| {
+            arrivals
+                .get(id)
+                .map(|a| a.saturating_duration_since(*at).as_secs_f64() * 1000.0)
+                .or(missing)
+        })
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    ms
+}
+
+impl Report {
+    /// p50, p95 and p99 of sorted latencies.
+    pub fn set_percentiles(&mut self, sorted: &[f64]) {
+        let pct = |p: f64| {
+            sorted
+                .get(((sorted.len() as f64 - 1.0) * p).round() as usize)
+                .copied()
+        };
+        self.p50_ms = pct(0.50);
+        self.p95_ms = pct(0.95);
+        self.p99_ms = pct(0.99);
+    }
+}
+
 pub fn elapsed_to_last(ctx: &Ctx, started: Instant) -> f64 {
     let last = ctx
         .tally
@@ -288,29 +321,14 @@ async fn steady(ctx: &mut Ctx) -> anyhow::Result<Report> {
     let complete = wait_ok(&ctx.tally, total, Duration::from_secs(60)).await;
     ctx.tally.track.store(false, Ordering::SeqCst);
     let arrivals = ctx.tally.arrivals.lock().unwrap().clone();
-    let mut latencies: Vec<f64> = committed
-        .iter()
-        .filter_map(|(id, at)| {
-            arrivals
-                .get(id)
-                .map(|a| a.saturating_duration_since(*at).as_secs_f64() * 1000.0)
-        })
-        .collect();
-    latencies.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 - 1.0) * p).round() as usize)
-            .copied()
-    };
+    let latencies = latencies_ms(committed.iter(), &arrivals, None);
     let delivered = ctx.tally.ok.load(Ordering::Relaxed);
     let note = format!(
         "{per_second}/s for {seconds} s (published in {publish_secs:.1} s){}",
         if complete { "" } else { " INCOMPLETE" }
     );
     let mut report = finish(ctx, "steady", delivered, publish_secs, &service, note);
-    report.p50_ms = pct(0.50);
-    report.p95_ms = pct(0.95);
-    report.p99_ms = pct(0.99);
+    report.set_percentiles(&latencies);
     drop(conn);
     service.stop();
     db.drop_it().await?;

@@ -49,10 +49,6 @@ impl Deliverer {
         }
     }
 
-    pub fn breaker(&self) -> &BreakerConfig {
-        &self.breaker
-    }
-
     /// Sends one claimed delivery and records the attempt at once (the API's
     /// `/test` and manual retry, which answer with the recorded result). `Err`
     /// means the database write failed (the lease then expires and the
