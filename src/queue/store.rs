@@ -196,13 +196,18 @@ pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Resu
             RETURNING delivery_id, webhook_id
         )
         -- Whether its endpoint state is at rest (closed, no failures, not
-        -- FIFO), read without a lock: a success there changes nothing.
-        SELECT l.delivery_id, l.webhook_id,
-               coalesce(s.circuit = 'closed' AND s.consecutive_failures = 0 AND w.ordering <> 'fifo', false)
-                   AS "at_rest!"
-        FROM logged l
-        JOIN webhooks w ON w.id = l.webhook_id
-        LEFT JOIN webhook_endpoint_state s ON s.webhook_id = l.webhook_id
+        -- FIFO), read without a lock: a success there changes nothing. Read
+        -- once per webhook, not once per attempt.
+        , rest AS (
+            SELECT l.webhook_id,
+                   coalesce(s.circuit = 'closed' AND s.consecutive_failures = 0 AND w.ordering <> 'fifo', false)
+                       AS at_rest
+            FROM (SELECT DISTINCT webhook_id FROM logged) l
+            JOIN webhooks w ON w.id = l.webhook_id
+            LEFT JOIN webhook_endpoint_state s ON s.webhook_id = l.webhook_id
+        )
+        SELECT l.delivery_id, l.webhook_id, r.at_rest AS "at_rest!"
+        FROM logged l JOIN rest r ON r.webhook_id = l.webhook_id
         "#,
         &ids,
         &tokens,
