@@ -235,7 +235,7 @@ async fn sigterm_finishes_in_flight_sends_exits_0_and_the_next_start_delivers_th
     receiver.script((0..5).map(|_| Reply::status(200).delayed(Duration::from_millis(1500))));
     let env = [
         ("WEBHOOK_TIMEOUT_MS", "3000"),
-        ("WEBHOOK_DELIVERY_CONCURRENCY", "6"), // one webhook may use 5: one slot stays free for others
+        ("WEBHOOK_DELIVERY_CONCURRENCY", "5"), // one webhook may use 5; a sixth slot is kept for others
     ];
     let service = Service::start(&pool, &env).await;
     service.create_webhook(&receiver.url).await;

@@ -89,7 +89,7 @@ impl Worker {
         Self {
             pool,
             deliverer,
-            permits: Arc::new(Semaphore::new(config.concurrency as usize)),
+            permits: Arc::new(Semaphore::new(fairness::slots(config.concurrency as usize))),
             config,
             wake,
             slot_freed: Arc::new(Notify::new()),

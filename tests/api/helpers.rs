@@ -17,6 +17,11 @@ use smartdrop_webhooks::startup::Application;
 pub const KEY: &str = "test-admin-key";
 
 /// reqwest is built with rustls and no default crypto provider (see Cargo.toml).
+/// The single number a SQL statement returns.
+pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
+}
+
 pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()

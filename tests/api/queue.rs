@@ -2,6 +2,8 @@
 use serde_json::json;
 use sqlx::PgPool;
 
+use crate::helpers::count;
+
 use smartdrop_webhooks::queue::{AttemptRecord, Claimed, Finished, NextState, completion, store};
 
 async fn seed(pool: &PgPool, n: usize) {
@@ -139,6 +141,14 @@ async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
 #[sqlx::test]
 async fn retention_purges_only_old_successful_deliveries(pool: PgPool) {
     seed(&pool, 4).await;
+    // Each delivery gets an attempt, as the completer records them.
+    for claimed in store::claim_due(&pool, 10, 60_000).await.unwrap() {
+        assert!(finish(&pool, &claimed, NextState::Success).await);
+    }
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_delivery_attempts").await,
+        4
+    );
     // Two old successes, one old failure, one recent success.
     sqlx::query(
         "UPDATE webhook_deliveries SET status = v.status, created_at = now() - v.age
@@ -162,6 +172,23 @@ async fn retention_purges_only_old_successful_deliveries(pool: PgPool) {
             .await
             .unwrap();
     assert_eq!(left, [("failed".to_owned(),), ("success".to_owned(),)]);
+    // The purged deliveries' attempts went with them; the others' stayed.
+    let orphans = "SELECT count(*) FROM webhook_delivery_attempts a
+                   WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)";
+    assert_eq!(count(&pool, orphans).await, 0);
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_delivery_attempts").await,
+        2
+    );
+    // Deleting the webhook takes its deliveries and their attempts.
+    sqlx::query("DELETE FROM webhooks")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_delivery_attempts").await,
+        0
+    );
 }
 
 #[test]
