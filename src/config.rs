@@ -81,6 +81,13 @@ pub struct Config {
     /// `/test` requests per window per client IP.
     #[arg(long, env = "WEBHOOK_TEST_RATELIMIT_MAX", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub webhook_test_ratelimit_max: u32,
+    /// `POST /api/v1/events` rate-limit window in seconds (a producer's budget,
+    /// apart from the management API's).
+    #[arg(long, env = "WEBHOOK_EVENTS_RATELIMIT_WINDOW", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub webhook_events_ratelimit_window: u64,
+    /// `POST /api/v1/events` requests per window per client IP.
+    #[arg(long, env = "WEBHOOK_EVENTS_RATELIMIT_MAX", default_value_t = 6000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_events_ratelimit_max: u32,
     /// Use the right-most X-Forwarded-For hop as the client IP (behind a proxy).
     #[arg(long, env = "WEBHOOK_TRUST_PROXY", default_value = "false", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub webhook_trust_proxy: bool,

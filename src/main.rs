@@ -52,7 +52,8 @@ async fn publish(
     json: &str,
     event_id: Option<String>,
 ) -> anyhow::Result<()> {
-    let data: serde_json::Value =
+    // Kept as text: Postgres parses it, so numbers keep every digit.
+    let data: Box<serde_json::value::RawValue> =
         serde_json::from_str(json).context("JSON argument is not valid JSON")?;
     let pool = db::connect(&config.database_url, 1).await?;
     let mut conn = pool.acquire().await?;

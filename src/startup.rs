@@ -196,6 +196,10 @@ pub fn api_state(
                 config.webhook_test_ratelimit_max,
                 Duration::from_secs(config.webhook_test_ratelimit_window),
             ),
+            events: IpLimiter::new(
+                config.webhook_events_ratelimit_max,
+                Duration::from_secs(config.webhook_events_ratelimit_window),
+            ),
         },
         trust_proxy: config.webhook_trust_proxy,
         allow_private_targets: config.webhook_allow_private_targets,

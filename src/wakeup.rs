@@ -1,12 +1,15 @@
-//! One LISTEN connection for the whole instance. Notifications wake the
-//! fan-out (`webhook_events`) and the worker (`webhook_deliveries`). After a
-//! (re)connect both are woken, since notifications sent while the connection
-//! was down are lost and the sweep is what recovers them.
+//! One LISTEN connection for the whole instance, of its own: not one of the
+//! pipeline pool's, which it would hold for good (with
+//! `DATABASE_MAX_CONNECTIONS=1` nothing would ever be delivered).
+//! Notifications wake the fan-out (`webhook_events`) and the worker
+//! (`webhook_deliveries`). After a (re)connect both are woken, since
+//! notifications sent while the connection was down are lost and the sweep
+//! is what recovers them.
 use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::PgPool;
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -34,11 +37,15 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
+    // The pipeline pool's settings, one connection, opened when needed.
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with((*pool.connect_options()).clone());
     let mut backoff = Duration::from_millis(100);
     let mut first = true;
     loop {
         let connected = async {
-            let mut listener = PgListener::connect_with(&pool).await?;
+            let mut listener = PgListener::connect_with(&own).await?;
             listener
                 .listen_all([EVENTS_CHANNEL, DELIVERIES_CHANNEL])
                 .await?;

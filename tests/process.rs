@@ -228,6 +228,25 @@ async fn three_instances_deliver_1000_events_none_missing_none_twice(pool: PgPoo
 }
 
 #[sqlx::test]
+async fn one_pipeline_connection_is_enough_the_listener_has_its_own(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let service = Service::start(&pool, &[("DATABASE_MAX_CONNECTIONS", "1")]).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 20, "one-conn-").await;
+    wait_all_succeeded(&pool, 20, Duration::from_secs(15)).await;
+    let listening: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND query ILIKE 'LISTEN%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        listening, 1,
+        "the LISTEN connection is up beside the pipeline's"
+    );
+}
+
+#[sqlx::test]
 async fn sigterm_finishes_in_flight_sends_exits_0_and_the_next_start_delivers_the_rest(
     pool: PgPool,
 ) {
@@ -292,7 +311,7 @@ async fn the_publish_subcommand_goes_through_the_same_intake(pool: PgPool) {
         .args([
             "publish",
             "price.alert",
-            r#"{"symbol":"SDT"}"#,
+            r#"{"symbol":"SDT","amount":123456789012345678901234567890,"price":1.10}"#,
             "--event-id",
             "cli-1",
         ])
@@ -305,7 +324,14 @@ async fn the_publish_subcommand_goes_through_the_same_intake(pool: PgPool) {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "cli-1");
     let got = receiver.wait_for(1, Duration::from_secs(10)).await;
-    assert_eq!(got[0].json()["data"], json!({"symbol": "SDT"}));
+    // Numbers exactly as given (Postgres parses the text; no float on the way).
+    let body = String::from_utf8(got[0].body.clone()).unwrap();
+    assert!(
+        body.ends_with(
+            r#""data":{"price": 1.10, "amount": 123456789012345678901234567890, "symbol": "SDT"}}"#
+        ),
+        "{body}"
+    );
     let bad = Command::new(BIN)
         .env_clear()
         .env("DATABASE_URL", database_url(&pool))

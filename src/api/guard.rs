@@ -104,10 +104,13 @@ pub async fn guard(
         .app_data::<web::Data<ApiState>>()
         .expect("ApiState is registered")
         .clone();
-    // POST /webhooks/{id}/test has its own, tighter budget.
-    let is_test = req.method() == actix_web::http::Method::POST && req.path().ends_with("/test");
-    let limiter = if is_test {
+    // POST /webhooks/{id}/test has its own, tighter budget; POST /events, a
+    // producer's endpoint, its own larger one.
+    let post = req.method() == actix_web::http::Method::POST;
+    let limiter = if post && req.path().ends_with("/test") {
         &state.limits.test
+    } else if post && req.path() == "/api/v1/events" {
+        &state.limits.events
     } else {
         &state.limits.management
     };

@@ -29,6 +29,8 @@ use rate_limit::IpLimiter;
 pub struct RateLimits {
     pub management: IpLimiter,
     pub test: IpLimiter,
+    /// `POST /events`: a producer's budget, apart from the management API's.
+    pub events: IpLimiter,
 }
 
 /// Shared by every handler; built once by `startup`.

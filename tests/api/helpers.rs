@@ -55,6 +55,7 @@ pub fn test_config(pool: &PgPool) -> Config {
     config.webhook_timeout_ms = 2000;
     config.webhook_ratelimit_max = 10_000;
     config.webhook_test_ratelimit_max = 10_000;
+    config.webhook_events_ratelimit_max = 10_000;
     config
 }
 

@@ -114,6 +114,72 @@ async fn an_unknown_type_fails_the_publishing_statement(pool: PgPool) {
         error["message"].as_str().unwrap().starts_with("event:"),
         "{error}"
     );
+    // The type is checked before the event_id: a wrong type with an id that
+    // is already stored is refused, not answered with the stored event.
+    app.publish_sql("pool.created", json!({}), Some("known-1"))
+        .await;
+    let reused = app
+        .post(
+            "/api/v1/events",
+            json!({"event": "pool.exploded", "event_id": "known-1", "data": {}}),
+        )
+        .await;
+    assert_eq!(reused.status(), 400);
+    let err = sqlx::query("SELECT webhook_publish('pool.exploded', '{}'::jsonb, 'known-1')")
+        .execute(&app.pool)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("unknown event type"), "{err}");
+}
+
+/// The `data` member of a delivered body, byte for byte.
+fn raw_data(received: &crate::helpers::Received) -> String {
+    let text = String::from_utf8(received.body.clone()).unwrap();
+    let start = text.find("\"data\":").unwrap() + "\"data\":".len();
+    text[start..text.len() - 1].to_owned()
+}
+
+#[sqlx::test]
+async fn numbers_arrive_as_the_producer_wrote_them_through_http_as_through_sql(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    // A token amount in base units (beyond f64 and u128), a price with its
+    // trailing zero, and a number smaller than f64 rounds exactly.
+    let data = r#"{"amount": 123456789012345678901234567890123456789, "price": 1.10, "tiny": 0.1000000000000000000000000000000000001}"#;
+    sqlx::query("SELECT webhook_publish('pool.created', $1::jsonb, 'exact-sql')")
+        .bind(data)
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let response = app
+        .client
+        .post(app.url("/api/v1/events"))
+        .bearer_auth(crate::helpers::KEY)
+        .header("content-type", "application/json")
+        .body(format!(
+            r#"{{"event": "pool.created", "event_id": "exact-http", "data": {data}}}"#
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202);
+    let got = receiver.wait_for(2, WAIT).await;
+    let by_id = |id: &str| {
+        got.iter()
+            .find(|r| r.json()["event_id"] == id)
+            .map(raw_data)
+            .unwrap()
+    };
+    let (http, sql) = (by_id("exact-http"), by_id("exact-sql"));
+    assert_eq!(http, sql);
+    for exact in [
+        "123456789012345678901234567890123456789",
+        "1.10",
+        "0.1000000000000000000000000000000000001",
+    ] {
+        assert!(http.contains(exact), "{exact} not in {http}");
+    }
 }
 
 #[sqlx::test]

@@ -1,4 +1,4 @@
-use serde_json::Value;
+use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use crate::helpers::{KEY, Receiver, TestApp};
@@ -141,4 +141,36 @@ async fn test_sends_have_their_own_tighter_limit(pool: PgPool) {
         app.get(&format!("/api/v1/webhooks/{id}")).await.status(),
         200
     );
+}
+
+#[sqlx::test]
+async fn publishing_events_has_its_own_producer_budget(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |c| {
+        c.webhook_ratelimit_max = 2;
+        c.webhook_events_ratelimit_max = 5;
+    })
+    .await;
+    // More events than the whole management budget: a producer is not held
+    // to the management API's pace.
+    for i in 0..5 {
+        let published = app
+            .post(
+                "/api/v1/events",
+                json!({"event": "pool.created", "event_id": format!("budget-{i}"), "data": {}}),
+            )
+            .await;
+        assert_eq!(published.status(), 202);
+    }
+    let limited = app
+        .post(
+            "/api/v1/events",
+            json!({"event": "pool.created", "data": {}}),
+        )
+        .await;
+    assert_eq!(limited.status(), 429);
+    assert_eq!(limited.headers()["x-ratelimit-limit"], "5");
+    // ...and the management budget was not touched by them.
+    assert_eq!(app.get("/api/v1/webhooks").await.status(), 200);
+    assert_eq!(app.get("/api/v1/webhooks").await.status(), 200);
+    assert_eq!(app.get("/api/v1/webhooks").await.status(), 429);
 }
