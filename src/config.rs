@@ -10,6 +10,13 @@ use secrecy::SecretString;
 use crate::queue::breaker::BreakerConfig;
 use crate::queue::retry::RetryPolicy;
 
+/// The longest delay any setting may ask for (a year, in ms). Every duration
+/// read from the environment has an upper bound, so no time computed from
+/// one can overflow (`WEBHOOK_RETRY_MAX_MS` near `i64::MAX` used to panic
+/// every worker; `WEBHOOK_RETENTION_DAYS=4294967295` wrapped to −1 and would
+/// have purged all history).
+pub const MAX_DELAY_MS: u64 = 31_536_000_000;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     Pretty,
@@ -29,11 +36,13 @@ pub struct Config {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/smartdrop_webhooks"
+        default_value = "postgres://postgres@localhost:5432/smartdrop_webhooks",
+        // --help must not print a password from the environment
+        hide_env_values = true
     )]
     pub database_url: String,
     /// Size of the Postgres connection pool.
-    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub database_max_connections: u32,
     /// Bearer token for /api/v1; generated and printed once at start when unset.
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
@@ -42,22 +51,22 @@ pub struct Config {
     #[arg(long, env = "WEBHOOK_MAX_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub webhook_max_attempts: u32,
     /// First retry delay in milliseconds.
-    #[arg(long, env = "WEBHOOK_RETRY_BASE_MS", default_value_t = 30_000)]
+    #[arg(long, env = "WEBHOOK_RETRY_BASE_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=MAX_DELAY_MS))]
     pub webhook_retry_base_ms: u64,
     /// Multiplier applied to the delay after each failed attempt.
     #[arg(long, env = "WEBHOOK_RETRY_FACTOR", default_value_t = 2.0)]
     pub webhook_retry_factor: f64,
     /// Upper bound of any retry delay, Retry-After included, in milliseconds.
-    #[arg(long, env = "WEBHOOK_RETRY_MAX_MS", default_value_t = 3_600_000)]
+    #[arg(long, env = "WEBHOOK_RETRY_MAX_MS", default_value_t = 3_600_000, value_parser = clap::value_parser!(u64).range(1..=MAX_DELAY_MS))]
     pub webhook_retry_max_ms: u64,
     /// Equal jitter: a delay in [d/2, d). `false` gives exactly d.
     #[arg(long, env = "WEBHOOK_RETRY_JITTER", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub webhook_retry_jitter: bool,
     /// Timeout of one delivery request, connect to last byte read, in milliseconds.
-    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "WEBHOOK_TIMEOUT_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub webhook_timeout_ms: u64,
     /// How late a due retry may be picked up, in milliseconds.
-    #[arg(long, env = "WEBHOOK_RETRY_POLL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "WEBHOOK_RETRY_POLL_MS", default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     pub webhook_retry_poll_ms: u64,
     /// Deliveries claimed per query.
     #[arg(long, env = "WEBHOOK_RETRY_BATCH", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -67,16 +76,16 @@ pub struct Config {
     pub webhook_delivery_concurrency: u32,
     /// How long a claim is held before another worker may take the delivery over
     /// (default: WEBHOOK_TIMEOUT_MS + 30000).
-    #[arg(long, env = "WEBHOOK_LEASE_MS")]
+    #[arg(long, env = "WEBHOOK_LEASE_MS", value_parser = clap::value_parser!(u64).range(1..=86_400_000))]
     pub webhook_lease_ms: Option<u64>,
     /// Management API rate-limit window in seconds.
-    #[arg(long, env = "WEBHOOK_RATELIMIT_WINDOW", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "WEBHOOK_RATELIMIT_WINDOW", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub webhook_ratelimit_window: u64,
     /// Management API requests per window per client IP.
     #[arg(long, env = "WEBHOOK_RATELIMIT_MAX", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub webhook_ratelimit_max: u32,
     /// `/test` rate-limit window in seconds.
-    #[arg(long, env = "WEBHOOK_TEST_RATELIMIT_WINDOW", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "WEBHOOK_TEST_RATELIMIT_WINDOW", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub webhook_test_ratelimit_window: u64,
     /// `/test` requests per window per client IP.
     #[arg(long, env = "WEBHOOK_TEST_RATELIMIT_MAX", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
@@ -99,13 +108,13 @@ pub struct Config {
     pub webhook_breaker_threshold: u32,
     /// First cool-down of an open circuit in milliseconds (doubles on each
     /// failed probe, capped at WEBHOOK_RETRY_MAX_MS).
-    #[arg(long, env = "WEBHOOK_BREAKER_COOLDOWN_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=31_536_000_000))]
+    #[arg(long, env = "WEBHOOK_BREAKER_COOLDOWN_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(1..=MAX_DELAY_MS))]
     pub webhook_breaker_cooldown_ms: u64,
     /// A circuit open this many seconds with no success disables the webhook.
     #[arg(long, env = "WEBHOOK_DISABLE_AFTER_S", default_value_t = 432_000, value_parser = clap::value_parser!(u64).range(1..=315_360_000))]
     pub webhook_disable_after_s: u64,
     /// Successful deliveries older than this many days are purged.
-    #[arg(long, env = "WEBHOOK_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, env = "WEBHOOK_RETENTION_DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=36_500))]
     pub webhook_retention_days: u32,
     /// `pretty` or `json`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "pretty")]
@@ -163,7 +172,7 @@ impl Config {
     pub fn lease(&self) -> Duration {
         Duration::from_millis(
             self.webhook_lease_ms
-                .unwrap_or(self.webhook_timeout_ms + 30_000),
+                .unwrap_or(self.webhook_timeout_ms.saturating_add(30_000)),
         )
     }
 

@@ -343,6 +343,21 @@ async fn the_publish_subcommand_goes_through_the_same_intake(pool: PgPool) {
 }
 
 #[test]
+fn help_never_prints_secrets_from_the_environment() {
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", "postgres://app:hunter2-db@db.internal/prod")
+        .env("ADMIN_API_KEY", "hunter2-admin")
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("DATABASE_URL"), "{help}");
+    assert!(!help.contains("hunter2"), "{help}");
+}
+
+#[test]
 fn an_invalid_setting_stops_the_service_naming_the_variable() {
     for (var, value) in [
         ("WEBHOOK_MAX_ATTEMPTS", "zero"),
@@ -351,6 +366,12 @@ fn an_invalid_setting_stops_the_service_naming_the_variable() {
         ("WEBHOOK_RETRY_JITTER", "maybe"),
         ("LOG_FORMAT", "xml"),
         ("WEBHOOK_LEASE_MS", "10"),
+        // bounds: each of these used to panic, overflow or wrap at run time
+        ("WEBHOOK_RETRY_MAX_MS", "9223372036854775807"),
+        ("WEBHOOK_TIMEOUT_MS", "18446744073709551615"),
+        ("WEBHOOK_RETENTION_DAYS", "4294967295"),
+        ("WEBHOOK_LEASE_MS", "18446744073709551615"),
+        ("WEBHOOK_RATELIMIT_WINDOW", "18446744073709551615"),
     ] {
         let out = Command::new(BIN)
             .env_clear()

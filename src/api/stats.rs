@@ -24,12 +24,14 @@ pub fn parse_window(raw: &str) -> Option<chrono::Duration> {
         .parse()
         .ok()
         .filter(|n| *n > 0)?;
+    // The checked constructors: `9999999999999d` is out of chrono's range
+    // (the unchecked ones panic).
     let d = match unit {
-        'm' => chrono::Duration::minutes(n),
-        'h' => chrono::Duration::hours(n),
-        'd' => chrono::Duration::days(n),
-        _ => return None,
-    };
+        'm' => chrono::Duration::try_minutes(n),
+        'h' => chrono::Duration::try_hours(n),
+        'd' => chrono::Duration::try_days(n),
+        _ => None,
+    }?;
     (d <= chrono::Duration::days(90)).then_some(d)
 }
 
@@ -108,7 +110,21 @@ mod tests {
         assert_eq!(parse_window("7d"), Some(chrono::Duration::days(7)));
         assert_eq!(parse_window("15m"), Some(chrono::Duration::minutes(15)));
         for bad in [
-            "", "h", "0h", "-1h", "91d", "24", "1w", "1.5h", "ééh", "\u{80}", "1é", "é",
+            "",
+            "h",
+            "0h",
+            "-1h",
+            "91d",
+            "24",
+            "1w",
+            "1.5h",
+            "ééh",
+            "\u{80}",
+            "1é",
+            "é",
+            "9999999999999d",
+            "9223372036854775807m",
+            "99999999999999999999h",
         ] {
             assert_eq!(parse_window(bad), None, "{bad}");
         }

@@ -43,7 +43,7 @@ pub fn classify(
     };
     let delay = policy.delay(attempts, retry_after, unit);
     Outcome::Retry {
-        at: now + chrono::Duration::from_std(delay).unwrap_or(chrono::TimeDelta::MAX),
+        at: crate::queue::retry::later(now, delay),
     }
 }
 

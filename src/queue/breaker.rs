@@ -94,7 +94,7 @@ pub fn on_attempt(
     let mut next = state.clone();
     next.consecutive_failures = state.consecutive_failures.saturating_add(1);
     let open_for = |ms: i64| {
-        let until = now + TimeDelta::milliseconds(ms);
+        let until = super::retry::later(now, Duration::from_millis(ms.max(0) as u64));
         (until, ms)
     };
     match state.circuit {

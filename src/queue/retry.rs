@@ -3,6 +3,17 @@
 //! within the cap (we never come back earlier than it asked).
 use std::time::Duration;
 
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// `at + d`, saturating at the latest time chrono can hold instead of
+/// panicking (configuration bounds keep real delays far below that).
+pub fn later(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    TimeDelta::from_std(d)
+        .ok()
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RetryPolicy {
     /// Total attempts, the first included.
@@ -40,6 +51,20 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn later_saturates_instead_of_panicking() {
+        let now = Utc::now();
+        assert_eq!(
+            later(now, Duration::from_secs(1)),
+            now + TimeDelta::seconds(1)
+        );
+        assert_eq!(later(now, Duration::MAX), DateTime::<Utc>::MAX_UTC);
+        assert_eq!(
+            later(now, Duration::from_millis(u64::MAX)),
+            DateTime::<Utc>::MAX_UTC
+        );
+    }
 
     fn policy(jitter: bool) -> RetryPolicy {
         RetryPolicy {

@@ -502,6 +502,32 @@ async fn health_is_503_when_the_database_is_unreachable() {
 }
 
 #[sqlx::test]
+async fn a_window_beyond_what_a_clock_can_hold_is_a_400_not_a_dropped_connection(pool: PgPool) {
+    // Both used to panic inside chrono: the client got an empty reply.
+    let app = TestApp::spawn(pool).await;
+    let id = app.create_webhook("http://127.0.0.1:9/x", &["*"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let one = format!("/api/v1/webhooks/{id}/stats");
+    for window in [
+        "9999999999999d",
+        "9223372036854775807m",
+        "153722867280912931m",
+    ] {
+        for path in ["/api/v1/stats", one.as_str()] {
+            let (status, error) = error_of(app.get(&format!("{path}?window={window}")).await).await;
+            assert_eq!(status, 400, "{path} {window}: {error}");
+            assert!(
+                error["message"].as_str().unwrap().starts_with("window:"),
+                "{error}"
+            );
+        }
+    }
+    assert_eq!(app.health_status().await, 200, "the service survived");
+}
+
+#[sqlx::test]
 async fn values_postgres_cannot_store_are_a_400_not_a_500(pool: PgPool) {
     // Found by schemathesis: NUL characters, and a multi-byte window unit.
     let app = TestApp::spawn(pool).await;
