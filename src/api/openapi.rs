@@ -33,7 +33,7 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         error::ErrorBody, webhooks::CreateWebhook, webhooks::PatchWebhook, webhooks::WebhookView,
-        webhooks::WebhookWithSecret, queue::Delivery, queue::Attempt, deliveries::DeliveryDetail,
+        webhooks::WebhookWithSecret, webhooks::RotateSecret, webhooks::RotatedSecret, queue::Delivery, queue::Attempt, deliveries::DeliveryDetail,
         events::PublishEvent, events::Published, events::EventTypes, events::EventType, health::Health,
         page::Page<webhooks::WebhookView>, page::Page<queue::Delivery>,
         reporting::Stats, reporting::Totals, reporting::Backlog, reporting::WebhookHealth,

@@ -5,7 +5,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, OptionalJson};
 use super::page::{self, Page, PageQuery};
 use crate::domain::InvalidField;
 use crate::domain::event_pattern::EventPattern;
@@ -115,6 +115,31 @@ impl From<Webhook> for WebhookView {
         }
     }
 }
+
+/// `POST /webhooks/{id}/rotate-secret`; the body may be left out.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// The new secret (`whsec_` + base64 of 24–64 bytes); generated when absent.
+    pub secret: Option<String>,
+    /// Seconds the replaced secret keeps signing beside the new one
+    /// (0–604800, default 86400); 0 is a hard cut-over.
+    pub overlap_s: Option<i64>,
+}
+
+/// The rotated webhook, its new secret (the one time it is shown) and until
+/// when deliveries also carry the previous secret's signature.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RotatedSecret {
+    #[serde(flatten)]
+    pub webhook: WebhookView,
+    pub secret: String,
+    /// `null` when the rotation had no overlap.
+    pub previous_secret_expires_at: Option<DateTime<Utc>>,
+}
+
+const DEFAULT_OVERLAP_S: i64 = 86_400;
+const MAX_OVERLAP_S: i64 = 604_800;
 
 fn with_secret(w: Webhook) -> WebhookWithSecret {
     WebhookWithSecret {
@@ -309,19 +334,36 @@ pub async fn delete(
 }
 
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
-    responses((status = 200, body = WebhookWithSecret), (status = 404, body = super::error::ErrorBody)),
+    request_body(content = Option<RotateSecret>, description = "optional; an empty body generates a secret with a one-day overlap"),
+    responses((status = 200, body = RotatedSecret), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn rotate_secret(
     state: web::Data<ApiState>,
     path: web::Path<String>,
+    body: OptionalJson<RotateSecret>,
 ) -> Result<HttpResponse, ApiError> {
     let id = parse_id(&path)?;
-    let secret = WebhookSecret::generate();
-    let webhook = store::rotate_secret(&state.pool, id.as_str(), secret.expose())
-        .await?
-        .ok_or(ApiError::NotFound("webhook"))?;
-    tracing::info!(webhook = %id, "webhook secret rotated");
-    Ok(HttpResponse::Ok().json(with_secret(webhook)))
+    let body = body.0;
+    let secret = match body.secret {
+        Some(raw) => WebhookSecret::parse(&raw).map_err(|m| InvalidField::new("secret", m))?,
+        None => WebhookSecret::generate(),
+    };
+    let overlap_s = body.overlap_s.unwrap_or(DEFAULT_OVERLAP_S);
+    if !(0..=MAX_OVERLAP_S).contains(&overlap_s) {
+        return Err(InvalidField::new("overlap_s", "must be 0 to 604800 seconds").into());
+    }
+    let (webhook, previous_secret_expires_at) =
+        store::rotate_secret(&state.pool, id.as_str(), secret.expose(), overlap_s)
+            .await?
+            .ok_or(ApiError::NotFound("webhook"))?;
+    tracing::info!(webhook = %id, overlap_s, "webhook secret rotated");
+    let WebhookWithSecret { webhook, secret } = with_secret(webhook);
+    Ok(HttpResponse::Ok().json(RotatedSecret {
+        webhook,
+        secret,
+        previous_secret_expires_at,
+    }))
 }
 
 /// The body of a `/test` delivery: a synthetic `pool.assets_locked`.

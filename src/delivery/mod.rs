@@ -63,8 +63,13 @@ impl Deliverer {
     pub async fn attempt(&self, claimed: &Claimed) -> Finished {
         let started_at = Utc::now();
         let secret = WebhookSecret::from_stored(claimed.secret.clone());
-        let signatures = signing::sign(
+        let previous = claimed
+            .previous_secret
+            .clone()
+            .map(WebhookSecret::from_stored);
+        let signatures = signing::sign_rotating(
             &secret,
+            previous.as_ref(),
             &claimed.id,
             started_at.timestamp(),
             claimed.body.as_bytes(),

@@ -52,6 +52,25 @@ pub fn sign(secret: &WebhookSecret, msg_id: &str, timestamp: i64, body: &[u8]) -
     Signer::new(secret).sign(msg_id, timestamp, body)
 }
 
+/// During a rotation's overlap: `webhook-signature` carries the new secret's
+/// signature and then the previous one's, space separated (receivers accept
+/// any that matches), so a receiver still on the old secret keeps verifying.
+/// `X-SmartDrop-Signature` has room for one: the new secret's.
+pub fn sign_rotating(
+    secret: &WebhookSecret,
+    previous: Option<&WebhookSecret>,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Signatures {
+    let mut signatures = sign(secret, msg_id, timestamp, body);
+    if let Some(previous) = previous {
+        let old = sign(previous, msg_id, timestamp, body);
+        signatures.standard = format!("{} {}", signatures.standard, old.standard);
+    }
+    signatures
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerifyError {
     #[error("the signature header is malformed")]
@@ -125,6 +144,27 @@ mod tests {
     #[test]
     fn reproduces_the_standard_webhooks_published_example() {
         assert_eq!(sign(&secret(), MSG_ID, TS, BODY).standard, EXPECTED);
+    }
+
+    #[test]
+    fn during_an_overlap_both_secrets_verify_the_new_one_listed_first() {
+        let new = WebhookSecret::generate();
+        let s = sign_rotating(&new, Some(&secret()), MSG_ID, TS, BODY);
+        let (first, second) = s.standard.split_once(' ').unwrap();
+        assert_eq!(second, EXPECTED);
+        assert_eq!(first, sign(&new, MSG_ID, TS, BODY).standard);
+        let ts = TS.to_string();
+        for key in [&new, &secret()] {
+            assert_eq!(
+                verify_standard(key, MSG_ID, &ts, &s.standard, BODY, TS, 300),
+                Ok(())
+            );
+        }
+        assert_eq!(s.smartdrop, sign(&new, MSG_ID, TS, BODY).smartdrop);
+        assert_eq!(
+            sign_rotating(&new, None, MSG_ID, TS, BODY),
+            sign(&new, MSG_ID, TS, BODY)
+        );
     }
 
     #[test]

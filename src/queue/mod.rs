@@ -22,6 +22,8 @@ pub struct Claimed {
     pub webhook_id: String,
     pub url: String,
     pub secret: String,
+    /// The secret a rotation replaced, while its overlap lasts: it signs too.
+    pub previous_secret: Option<String>,
     pub event_type: String,
     pub body: String,
     /// The one attempt a half-open circuit lets through.
@@ -37,6 +39,10 @@ impl std::fmt::Debug for Claimed {
             .field("webhook_id", &self.webhook_id)
             .field("url", &self.url)
             .field("secret", &"<redacted>")
+            .field(
+                "previous_secret",
+                &self.previous_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("probe", &self.probe)
             .finish_non_exhaustive()
     }

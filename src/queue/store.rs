@@ -24,7 +24,7 @@ pub async fn claim(
         Claimed,
         r#"
         SELECT id AS "id!", lease_token AS "lease_token!", attempts AS "attempts!",
-               webhook_id AS "webhook_id!", url AS "url!", secret AS "secret!",
+               webhook_id AS "webhook_id!", url AS "url!", secret AS "secret!", previous_secret,
                event_type AS "event_type!", body AS "body!", probe AS "probe!"
         FROM webhook_claim($1::int4, $2::float8, $3::text[], $4::int4[], $5::int4)
         "#,
@@ -71,7 +71,9 @@ pub async fn insert_claimed(
             RETURNING id, lease_token, attempts, webhook_id, event_type, body
         )
         SELECT ins.id, ins.lease_token AS "lease_token!", ins.attempts, ins.webhook_id,
-               ins.event_type, ins.body, w.url, w.secret, false AS "probe!"
+               ins.event_type, ins.body, w.url, w.secret,
+               CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
+               false AS "probe!"
         FROM ins JOIN webhooks w ON w.id = ins.webhook_id
         "#,
         webhook_id,
@@ -112,6 +114,7 @@ pub async fn claim_failed(
         FROM webhooks w
         WHERE d.id = $2 AND d.webhook_id = $1 AND d.status = 'failed' AND w.id = d.webhook_id AND w.active
         RETURNING d.id, d.lease_token AS "lease_token!", d.attempts, d.webhook_id, w.url, w.secret,
+                  CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
                   d.event_type, d.body, false AS "probe!"
         "#,
         webhook_id,

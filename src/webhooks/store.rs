@@ -157,18 +157,36 @@ pub async fn delete(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn rotate_secret(pool: &PgPool, id: &str, secret: &str) -> sqlx::Result<Option<Webhook>> {
-    let done = sqlx::query!(
-        "UPDATE webhooks SET secret = $2, updated_at = now() WHERE id = $1",
+/// Replaces the secret; the one it replaces keeps signing for `overlap_s`
+/// seconds (none when 0). A rotation during an overlap replaces the older
+/// secret: only the one being replaced now overlaps. Returns the webhook and
+/// the end of the overlap.
+pub async fn rotate_secret(
+    pool: &PgPool,
+    id: &str,
+    secret: &str,
+    overlap_s: i64,
+) -> sqlx::Result<Option<(Webhook, Option<DateTime<Utc>>)>> {
+    let done = sqlx::query_scalar!(
+        r#"
+        UPDATE webhooks
+        SET previous_secret = CASE WHEN $3::int8 > 0 THEN secret END,
+            previous_secret_expires_at = CASE WHEN $3::int8 > 0 THEN now() + make_interval(secs => $3::int8) END,
+            secret = $2,
+            updated_at = now()
+        WHERE id = $1
+        RETURNING previous_secret_expires_at
+        "#,
         id,
         secret,
+        overlap_s,
     )
-    .execute(pool)
+    .fetch_optional(pool)
     .await?;
-    if done.rows_affected() == 0 {
+    let Some(until) = done else {
         return Ok(None);
-    }
-    get(pool, id).await
+    };
+    Ok(get(pool, id).await?.map(|w| (w, until)))
 }
 
 /// Sets `active` false with the reason and fails what is pending and not in

@@ -272,3 +272,114 @@ async fn median_commit_to_arrival_latency_is_low_when_idle(pool: PgPool) {
     );
     assert!(median < Duration::from_millis(50), "median {median:?}");
 }
+
+#[sqlx::test]
+async fn a_rotation_with_overlap_signs_with_both_secrets_until_it_ends(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    let created = app.create_webhook(&receiver.url, &["*"]).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let rotate = format!("/api/v1/webhooks/{id}/rotate-secret");
+    let old = created["secret"].as_str().unwrap().to_owned();
+    let verifies = |secret: &str, r: &crate::helpers::Received| {
+        standardwebhooks::Webhook::new(secret)
+            .unwrap()
+            .verify(&r.body, &r.headers)
+            .is_ok()
+    };
+    let mut published = 0;
+    let mut deliver = async |event_id: &str| {
+        app.publish_sql("pool.created", json!({}), Some(event_id))
+            .await;
+        published += 1;
+        receiver
+            .wait_for(published, WAIT)
+            .await
+            .into_iter()
+            .find(|r| r.json()["event_id"] == event_id)
+            .unwrap()
+    };
+
+    // No body: a generated secret, and the old one overlaps for a day.
+    let rotated: Value = app.post_empty(&rotate).await.json().await.unwrap();
+    let new = rotated["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new, old);
+    let until = chrono::DateTime::parse_from_rfc3339(
+        rotated["previous_secret_expires_at"].as_str().unwrap(),
+    )
+    .unwrap();
+    let left = until.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(
+        left > chrono::Duration::hours(23) && left <= chrono::Duration::hours(24),
+        "{left}"
+    );
+    assert!(
+        !rotated.to_string().contains(&old),
+        "the old secret is never shown again"
+    );
+    let r = deliver("rot-1").await;
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 2);
+    assert!(r.header("webhook-signature").starts_with("v1,"));
+    assert!(verifies(&old, &r), "a receiver still on the old secret");
+    assert!(verifies(&new, &r), "a receiver already on the new one");
+    assert!(github_style_ok(
+        &new,
+        &r.body,
+        r.header("x-smartdrop-signature")
+    ));
+    assert!(!github_style_ok(
+        &old,
+        &r.body,
+        r.header("x-smartdrop-signature")
+    ));
+
+    // A rotation during an overlap replaces the older secret.
+    let third: Value = app
+        .post(&rotate, json!({"overlap_s": 3}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let third = third["secret"].as_str().unwrap().to_owned();
+    let r = deliver("rot-2").await;
+    assert!(verifies(&third, &r) && verifies(&new, &r));
+    assert!(
+        !verifies(&old, &r),
+        "only the secret replaced last overlaps"
+    );
+
+    // When the overlap ends, only the current secret signs.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let r = deliver("rot-3").await;
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 1);
+    assert!(verifies(&third, &r) && !verifies(&new, &r));
+
+    // A chosen secret with no overlap: a hard cut-over.
+    let chosen = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let cut: Value = app
+        .post(&rotate, json!({"secret": chosen, "overlap_s": 0}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cut["secret"], chosen);
+    assert_eq!(cut["previous_secret_expires_at"], Value::Null);
+    let r = deliver("rot-4").await;
+    assert_eq!(r.header("webhook-signature").split(' ').count(), 1);
+    assert!(verifies(chosen, &r) && !verifies(&third, &r));
+
+    for bad in [
+        json!({"overlap_s": 604_801}),
+        json!({"overlap_s": -1}),
+        json!({"secret": "supersecretvalue1234"}),
+        json!({"overlap": 10}),
+    ] {
+        assert_eq!(app.post(&rotate, bad.clone()).await.status(), 400, "{bad}");
+    }
+    assert_eq!(
+        app.post_empty("/api/v1/webhooks/wh_00000000000000000000000000000000/rotate-secret")
+            .await
+            .status(),
+        404
+    );
+}

@@ -200,11 +200,14 @@ fn debug_output_never_contains_a_secret() {
         webhook_id: "wh_x".into(),
         url: "https://example.com".into(),
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        previous_secret: Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()),
         event_type: "pool.created".into(),
         body: "{}".into(),
         probe: false,
     };
-    assert!(!format!("{claimed:?}").contains("MfKQ9r8G"));
+    let shown = format!("{claimed:?}");
+    assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+    assert!(!shown.contains("C2FVsBQI"), "{shown}");
     let config = crate::helpers::test_config_without_pool();
     assert!(!format!("{config:?}").contains(crate::helpers::KEY));
 }
