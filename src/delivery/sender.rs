@@ -14,6 +14,11 @@ use crate::domain::webhook_url::WebhookUrl;
 
 pub const USER_AGENT: &str = "SmartDrop-Webhooks/1.0";
 pub const EXCERPT_LIMIT: usize = 4096;
+/// Past the excerpt, up to this much more of a response is read and thrown
+/// away, so the connection goes back to the pool for the next delivery to
+/// that host; a larger body is abandoned (the connection is closed). The
+/// request timeout bounds the time this takes.
+pub const DRAIN_LIMIT: usize = 64 * 1024;
 
 /// What one delivery attempt sends.
 pub struct Request {
@@ -166,6 +171,13 @@ impl Sender {
                 _ => break,
             }
         }
+        let mut drained = 0;
+        while drained < DRAIN_LIMIT {
+            match response.chunk().await {
+                Ok(Some(chunk)) => drained += chunk.len(),
+                _ => break,
+            }
+        }
         Ok(Response {
             status,
             retry_after,
@@ -174,6 +186,10 @@ impl Sender {
     }
 
     fn classify_error(&self, e: reqwest::Error) -> SendError {
+        // reqwest names the URL in its errors; a webhook URL's path and query
+        // are often its credential (Slack, Discord), and errors are stored and
+        // shown on the dashboard.
+        let e = e.without_url();
         let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(err) = source {
             if let Some(ForbiddenAddress(ip)) = err.downcast_ref::<ForbiddenAddress>() {

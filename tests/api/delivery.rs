@@ -383,3 +383,23 @@ async fn a_rotation_with_overlap_signs_with_both_secrets_until_it_ends(pool: PgP
         404
     );
 }
+
+#[sqlx::test]
+async fn a_long_answer_is_drained_so_the_connection_is_reused(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    // Far longer than the 4 KiB excerpt (and than what the client buffers on
+    // its own), shorter than the 64 KiB drain limit.
+    receiver.always(Reply::status(200).body(&[b'x'; 60_000]));
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    for n in 1..=3 {
+        app.publish_sql("pool.created", json!({"n": n}), None).await;
+        receiver.wait_for(n, WAIT).await;
+    }
+    let peers: Vec<_> = receiver.received().iter().map(|r| r.peer).collect();
+    assert!(peers[0].is_some());
+    assert!(
+        peers.windows(2).all(|w| w[0] == w[1]),
+        "one connection for all three: {peers:?}"
+    );
+}

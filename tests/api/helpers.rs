@@ -276,6 +276,8 @@ pub struct Received {
     pub headers: reqwest::header::HeaderMap,
     pub body: Vec<u8>,
     pub at: Instant,
+    /// The sender's end of the TCP connection (a reused connection keeps it).
+    pub peer: Option<std::net::SocketAddr>,
 }
 
 impl Received {
@@ -327,6 +329,7 @@ async fn record(
         headers,
         body: body.to_vec(),
         at: Instant::now(),
+        peer: req.peer_addr(),
     });
     let reply = state.script.lock().unwrap().pop_front();
     let reply = reply

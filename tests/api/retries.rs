@@ -126,6 +126,35 @@ async fn a_timeout_is_retried(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn stored_errors_never_carry_the_url_s_path_query_or_credentials(pool: PgPool) {
+    // A Slack-style URL whose path and query are the credential.
+    let url = refused_url().replace(
+        "/hook",
+        "/services/T0000/B0000/XXXXSECRETPATH?token=hunter2query",
+    );
+    let app = spawn(pool).await;
+    let (_, d) = deliver_once(&app, &url).await;
+    let text = d.to_string();
+    assert!(text.contains("connection failed"), "{d:#}");
+    for secret in ["XXXXSECRETPATH", "hunter2query", "/services/"] {
+        assert!(!text.contains(secret), "{secret} leaked: {d:#}");
+    }
+    let stored: Vec<String> = sqlx::query_scalar(
+        "SELECT coalesce(last_error, '') FROM webhook_deliveries
+         UNION ALL SELECT coalesce(error, '') FROM webhook_delivery_attempts",
+    )
+    .fetch_all(&app.pool)
+    .await
+    .unwrap();
+    assert!(
+        stored
+            .iter()
+            .all(|e| !e.contains("SECRETPATH") && !e.contains("hunter2")),
+        "{stored:?}"
+    );
+}
+
+#[sqlx::test]
 async fn a_refused_connection_is_retried(pool: PgPool) {
     let app = spawn(pool).await;
     let (_, d) = deliver_once(&app, &refused_url()).await;
