@@ -506,3 +506,57 @@ async fn metrics_parse_as_prometheus_text_and_move_with_deliveries(pool: PgPool)
         other => panic!("not a histogram: {other:?}"),
     }
 }
+
+#[sqlx::test]
+async fn the_reader_role_sees_the_reports_and_the_log_but_no_secret(pool: PgPool) {
+    seed(&pool).await;
+    let script = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/scripts/webhook_reader.sql"
+    ))
+    .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script.clone()))
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Idempotent: a second run (after an upgrade) changes nothing.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(script))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::query("SET ROLE webhook_reader")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    for allowed in [
+        "SELECT count(*) FROM webhook_health_24h",
+        "SELECT count(*) FROM webhook_health(now() - interval '7 days')",
+        "SELECT count(*) FROM webhook_failure_reasons_24h",
+        "SELECT count(*) FROM webhook_due_backlog",
+        "SELECT count(*) FROM webhook_open_circuits",
+        "SELECT count(*) FROM webhook_deliveries",
+        "SELECT count(*) FROM webhook_delivery_attempts",
+        "SELECT count(id) + count(url) + count(disabled_reason) FROM webhooks",
+    ] {
+        let n: Result<i64, _> = sqlx::query_scalar(allowed).fetch_one(&mut *conn).await;
+        assert!(n.is_ok(), "{allowed}: {n:?}");
+    }
+    for denied in [
+        "SELECT count(secret) FROM webhooks",
+        "SELECT count(previous_secret) FROM webhooks",
+        "SELECT * FROM webhooks",
+        "UPDATE webhook_deliveries SET attempts = 0",
+        "SELECT webhook_publish('pool.created', '{}'::jsonb)",
+    ] {
+        let err = sqlx::query(denied)
+            .execute(&mut *conn)
+            .await
+            .expect_err(denied);
+        assert!(
+            err.to_string().contains("permission denied"),
+            "{denied}: {err}"
+        );
+    }
+    sqlx::query("RESET ROLE").execute(&mut *conn).await.unwrap();
+}
