@@ -5,6 +5,9 @@ use actix_web::HttpResponse;
 
 const PAGE: &str = include_str!("dashboard.html");
 
+#[utoipa::path(get, path = "/dashboard", operation_id = "getDashboard", tag = "operations",
+    responses((status = 200, content_type = "text/html", body = String,
+        description = "the admin page; it asks for the key and reads the JSON API")))]
 pub async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")

@@ -45,7 +45,7 @@ async fn webhook_exists(state: &ApiState, raw: &str) -> Result<String, ApiError>
         .ok_or(ApiError::NotFound("webhook"))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", tag = "deliveries", params(DeliveryQuery),
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries", operation_id = "listDeliveries", tag = "deliveries", params(DeliveryQuery),
     responses((status = 200, body = Page<Delivery>), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn list(
@@ -70,7 +70,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}", tag = "deliveries",
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}", operation_id = "getDelivery", tag = "deliveries",
     responses((status = 200, body = DeliveryDetail), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
@@ -88,7 +88,7 @@ pub async fn get(
     }))
 }
 
-#[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry", tag = "deliveries",
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry", operation_id = "retryDelivery", tag = "deliveries",
     responses((status = 200, body = Delivery, description = "the delivery after the new attempt"),
         (status = 404, body = super::error::ErrorBody),
         (status = 409, body = super::error::ErrorBody, description = "the delivery is not failed")),

@@ -45,7 +45,7 @@ pub struct EventTypes {
     pub data: Vec<EventType>,
 }
 
-#[utoipa::path(post, path = "/api/v1/events", tag = "events", request_body = PublishEvent,
+#[utoipa::path(post, path = "/api/v1/events", operation_id = "publishEvent", tag = "events", request_body = PublishEvent,
     responses((status = 202, body = Published), (status = 400, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn publish(
@@ -93,7 +93,7 @@ pub async fn publish(
     }))
 }
 
-#[utoipa::path(get, path = "/api/v1/event-types", tag = "events",
+#[utoipa::path(get, path = "/api/v1/event-types", operation_id = "listEventTypes", tag = "events",
     responses((status = 200, body = EventTypes)), security(("bearer" = [])))]
 pub async fn event_types(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
     let data = intake::event_types(&state.pool)

@@ -15,7 +15,7 @@ pub struct Health {
     pub database: &'static str,
 }
 
-#[utoipa::path(get, path = "/health", tag = "operations",
+#[utoipa::path(get, path = "/health", operation_id = "getHealth", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
     let probe = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&state.pool);
@@ -37,6 +37,9 @@ pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
 
 /// GET /metrics: Prometheus text format. The backlog gauges are read from the
 /// database at scrape time so every instance reports the shared queue.
+#[utoipa::path(get, path = "/metrics", operation_id = "getMetrics", tag = "operations",
+    responses((status = 200, content_type = "text/plain", body = String,
+        description = "Prometheus text exposition format")))]
 pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
     if let Ok(Ok(backlog)) = tokio::time::timeout(
         Duration::from_secs(2),

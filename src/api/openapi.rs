@@ -5,7 +5,7 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{deliveries, error, events, health, page, stats, webhooks};
+use super::{dashboard, deliveries, error, events, health, page, stats, webhooks};
 use crate::{queue, reporting};
 
 struct BearerAuth;
@@ -20,11 +20,188 @@ impl Modify for BearerAuth {
     }
 }
 
+/// What every operation shares, written once instead of on each handler:
+/// a description on every response; under `/api/v1` the statuses the guard,
+/// the extractors and the error mapping can answer with for any operation
+/// (401, 429, 400 for a query or body, 413 and 415 for a body, 503); the
+/// path parameters; and links from the responses that carry an id to the
+/// operations that take it, so generated clients and stateful fuzzers can
+/// follow them.
+struct Contract;
+
+/// Statuses any `/api/v1` operation may answer with, and why.
+const COMMON: [(&str, &str); 4] = [
+    (
+        "400",
+        "Invalid input: an unknown or malformed query parameter, or a body that fails validation (the message names the field)",
+    ),
+    (
+        "401",
+        "Missing or wrong `Authorization: Bearer <ADMIN_API_KEY>`",
+    ),
+    ("429", "Rate limited for this client IP; see `Retry-After`"),
+    (
+        "503",
+        "The database is unavailable or busy; try again (see `Retry-After`)",
+    ),
+];
+/// Statuses an operation with a request body may also answer with.
+const WITH_BODY: [(&str, &str); 2] = [
+    ("413", "The body is larger than 256 KiB"),
+    ("415", "The body is not `application/json`"),
+];
+
+fn describe(status: &str) -> &'static str {
+    match status {
+        "200" => "OK",
+        "201" => "Created",
+        "202" => "Accepted: committed, delivered asynchronously",
+        "204" => "Done; no content",
+        "404" => "Not found (unknown or malformed id)",
+        "409" => "Conflict with the current state",
+        _ => "See the error body",
+    }
+}
+
+/// (from operation, status) → (link name, target operation, parameters as
+/// (name, runtime expression)).
+type LinkSpec = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+fn links_from(operation_id: &str) -> &'static [LinkSpec] {
+    const BY_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+    const FIRST_ID: &[(&str, &str)] = &[("id", "$response.body#/data/0/id")];
+    const DELIVERY: &[(&str, &str)] = &[
+        ("id", "$request.path.id"),
+        ("delivery_id", "$response.body#/data/0/id"),
+    ];
+    const WEBHOOK_OPS: [&str; 7] = [
+        "getWebhook",
+        "updateWebhook",
+        "deleteWebhook",
+        "rotateWebhookSecret",
+        "testWebhook",
+        "listDeliveries",
+        "getWebhookStats",
+    ];
+    macro_rules! to_webhook_ops {
+        ($params:expr) => {
+            &[
+                (WEBHOOK_OPS[0], WEBHOOK_OPS[0], $params),
+                (WEBHOOK_OPS[1], WEBHOOK_OPS[1], $params),
+                (WEBHOOK_OPS[2], WEBHOOK_OPS[2], $params),
+                (WEBHOOK_OPS[3], WEBHOOK_OPS[3], $params),
+                (WEBHOOK_OPS[4], WEBHOOK_OPS[4], $params),
+                (WEBHOOK_OPS[5], WEBHOOK_OPS[5], $params),
+                (WEBHOOK_OPS[6], WEBHOOK_OPS[6], $params),
+            ]
+        };
+    }
+    match operation_id {
+        "createWebhook" | "getWebhook" | "updateWebhook" | "rotateWebhookSecret" => {
+            to_webhook_ops!(BY_ID)
+        }
+        "listWebhooks" => to_webhook_ops!(FIRST_ID),
+        "listDeliveries" => &[
+            ("getDelivery", "getDelivery", DELIVERY),
+            ("retryDelivery", "retryDelivery", DELIVERY),
+        ],
+        _ => &[],
+    }
+}
+
+impl Modify for Contract {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::link::LinkBuilder;
+        use utoipa::openapi::path::{Parameter, ParameterIn};
+        use utoipa::openapi::schema::{Object, Type};
+        use utoipa::openapi::{Content, Ref, RefOr, Required, ResponseBuilder};
+
+        let error = || Content::new(Some(RefOr::Ref(Ref::from_schema_name("ErrorBody"))));
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let api = path.starts_with("/api/v1");
+            let path_params: Vec<&str> = path
+                .split('/')
+                .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                .collect();
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.patch,
+                &mut item.delete,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                if api {
+                    let has_body = operation.request_body.is_some();
+                    let extra = COMMON.iter().chain(WITH_BODY.iter().filter(|_| has_body));
+                    for (status, why) in extra {
+                        responses.entry((*status).to_owned()).or_insert_with(|| {
+                            RefOr::T(
+                                ResponseBuilder::new()
+                                    .description(*why)
+                                    .content("application/json", error())
+                                    .build(),
+                            )
+                        });
+                    }
+                }
+                for (status, response) in responses.iter_mut() {
+                    if let RefOr::T(response) = response
+                        && response.description.is_empty()
+                    {
+                        response.description = describe(status).to_owned();
+                    }
+                }
+                let parameters = operation.parameters.get_or_insert_with(Vec::new);
+                for name in &path_params {
+                    if !parameters.iter().any(|p| {
+                        matches!(p, RefOr::T(p) if p.name == *name && p.parameter_in == ParameterIn::Path)
+                    }) {
+                        let mut p = Parameter::new(*name);
+                        p.parameter_in = ParameterIn::Path;
+                        p.required = Required::True;
+                        p.schema = Some(RefOr::T(Object::with_type(Type::String).into()));
+                        parameters.push(RefOr::T(p));
+                    }
+                }
+                if parameters.is_empty() {
+                    operation.parameters = None;
+                }
+                let id = operation.operation_id.clone().unwrap_or_default();
+                let links = links_from(&id);
+                if links.is_empty() {
+                    continue;
+                }
+                for (status, response) in operation.responses.responses.iter_mut() {
+                    let (RefOr::T(response), true) = (response, status.starts_with('2')) else {
+                        continue;
+                    };
+                    for (name, target, params) in links {
+                        let mut link = LinkBuilder::new().operation_id(*target);
+                        for (param, expression) in params.iter() {
+                            link = link.parameter(*param, *expression);
+                        }
+                        response
+                            .links
+                            .insert((*name).to_owned(), RefOr::T(link.build()));
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(title = "smartdrop-webhooks", description = "Postgres-native webhook delivery for the SmartDrop indexer"),
     paths(
-        health::health,
+        health::health, health::metrics, serve, dashboard::page,
         webhooks::create, webhooks::list, webhooks::get, webhooks::patch, webhooks::delete,
         webhooks::rotate_secret, webhooks::test,
         deliveries::list, deliveries::get, deliveries::retry,
@@ -41,7 +218,7 @@ impl Modify for BearerAuth {
         reporting::OpenCircuit, reporting::DisabledWebhook,
         queue::endpoints::CircuitView, queue::breaker::Circuit, crate::webhooks::Ordering,
     )),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &Contract),
 )]
 pub struct ApiDoc;
 
@@ -51,6 +228,9 @@ pub fn document() -> String {
         .expect("the OpenAPI document serializes")
 }
 
+#[utoipa::path(get, path = "/openapi.json", operation_id = "getOpenApi", tag = "operations",
+    responses((status = 200, content_type = "application/json", body = Object,
+        description = "this document")))]
 pub async fn serve() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")

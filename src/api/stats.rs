@@ -74,7 +74,7 @@ async fn stats(
     })
 }
 
-#[utoipa::path(get, path = "/api/v1/stats", tag = "reporting", params(WindowQuery),
+#[utoipa::path(get, path = "/api/v1/stats", operation_id = "getStats", tag = "reporting", params(WindowQuery),
     responses((status = 200, body = Stats), (status = 400, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn all(
@@ -85,7 +85,7 @@ pub async fn all(
 }
 
 /// The same figures for one webhook (`backlog` stays service-wide).
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}/stats", tag = "reporting", params(WindowQuery),
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}/stats", operation_id = "getWebhookStats", tag = "reporting", params(WindowQuery),
     responses((status = 200, body = Stats), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn one(

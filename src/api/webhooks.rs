@@ -203,7 +203,7 @@ fn validate_description(d: Option<String>) -> Result<Option<String>, ApiError> {
     }
 }
 
-#[utoipa::path(post, path = "/api/v1/webhooks", tag = "webhooks", request_body = CreateWebhook,
+#[utoipa::path(post, path = "/api/v1/webhooks", operation_id = "createWebhook", tag = "webhooks", request_body = CreateWebhook,
     responses((status = 201, body = WebhookWithSecret), (status = 400, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn create(
@@ -231,7 +231,7 @@ pub async fn create(
     Ok(HttpResponse::Created().json(with_secret(created)))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks", tag = "webhooks", params(PageQuery),
+#[utoipa::path(get, path = "/api/v1/webhooks", operation_id = "listWebhooks", tag = "webhooks", params(PageQuery),
     responses((status = 200, body = Page<WebhookView>)), security(("bearer" = [])))]
 pub async fn list(
     state: web::Data<ApiState>,
@@ -249,7 +249,7 @@ pub async fn list(
     Ok(HttpResponse::Ok().json(page))
 }
 
-#[utoipa::path(get, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(get, path = "/api/v1/webhooks/{id}", operation_id = "getWebhook", tag = "webhooks",
     responses((status = 200, body = WebhookView), (status = 404, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
 pub async fn get(
@@ -263,7 +263,7 @@ pub async fn get(
     Ok(HttpResponse::Ok().json(WebhookView::from(webhook)))
 }
 
-#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", tag = "webhooks", request_body = PatchWebhook,
+#[utoipa::path(patch, path = "/api/v1/webhooks/{id}", operation_id = "updateWebhook", tag = "webhooks", request_body = PatchWebhook,
     responses((status = 200, body = WebhookView), (status = 400, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn patch(
@@ -319,7 +319,7 @@ pub async fn patch(
     Ok(HttpResponse::Ok().json(WebhookView::from(webhook)))
 }
 
-#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", tag = "webhooks",
+#[utoipa::path(delete, path = "/api/v1/webhooks/{id}", operation_id = "deleteWebhook", tag = "webhooks",
     responses((status = 204), (status = 404, body = super::error::ErrorBody)), security(("bearer" = [])))]
 pub async fn delete(
     state: web::Data<ApiState>,
@@ -333,7 +333,7 @@ pub async fn delete(
     Ok(HttpResponse::NoContent().finish())
 }
 
-#[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", tag = "webhooks",
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/rotate-secret", operation_id = "rotateWebhookSecret", tag = "webhooks",
     request_body(content = Option<RotateSecret>, description = "optional; an empty body generates a secret with a one-day overlap"),
     responses((status = 200, body = RotatedSecret), (status = 400, body = super::error::ErrorBody),
         (status = 404, body = super::error::ErrorBody)),
@@ -382,7 +382,7 @@ fn test_body(event_id: &str, now: DateTime<Utc>) -> String {
     .to_string()
 }
 
-#[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", tag = "webhooks",
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/test", operation_id = "testWebhook", tag = "webhooks",
     responses((status = 200, body = Delivery, description = "the delivery after its first attempt"),
         (status = 404, body = super::error::ErrorBody), (status = 429, body = super::error::ErrorBody)),
     security(("bearer" = [])))]

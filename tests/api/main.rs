@@ -1,5 +1,6 @@
 //! One integration binary: the real app, a real Postgres (a fresh database per
 //! test) and real HTTP receivers on loopback.
+mod contract;
 mod delivery;
 mod helpers;
 mod intake;
