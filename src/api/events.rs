@@ -14,14 +14,16 @@ use crate::intake::{self, IntakeError};
 #[serde(deny_unknown_fields)]
 pub struct PublishEvent {
     /// A catalogue type, e.g. `pool.assets_locked`.
+    #[schema(example = "pool.created")]
     pub event: String,
     /// Idempotency key (1–255 characters); generated (`evt_…`) when absent.
+    #[schema(min_length = 1, max_length = 255)]
     pub event_id: Option<String>,
     /// Defaults to now.
     pub occurred_at: Option<DateTime<Utc>>,
     /// Any JSON value; delivered as the body's `data`, numbers exactly as
     /// sent (never rounded through a float).
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, example = json!({"pool_id": "p1", "amount": "1000000000000000000"}))]
     pub data: Box<RawValue>,
 }
 

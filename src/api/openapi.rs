@@ -73,10 +73,9 @@ type LinkSpec = (
 
 fn links_from(operation_id: &str) -> &'static [LinkSpec] {
     const BY_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
-    const FIRST_ID: &[(&str, &str)] = &[("id", "$response.body#/data/0/id")];
     const DELIVERY: &[(&str, &str)] = &[
         ("id", "$request.path.id"),
-        ("delivery_id", "$response.body#/data/0/id"),
+        ("delivery_id", "$response.body#/id"),
     ];
     const WEBHOOK_OPS: [&str; 7] = [
         "getWebhook",
@@ -100,12 +99,12 @@ fn links_from(operation_id: &str) -> &'static [LinkSpec] {
             ]
         };
     }
+    // Only from responses that always carry the id (a list may be empty).
     match operation_id {
         "createWebhook" | "getWebhook" | "updateWebhook" | "rotateWebhookSecret" => {
             to_webhook_ops!(BY_ID)
         }
-        "listWebhooks" => to_webhook_ops!(FIRST_ID),
-        "listDeliveries" => &[
+        "testWebhook" | "retryDelivery" => &[
             ("getDelivery", "getDelivery", DELIVERY),
             ("retryDelivery", "retryDelivery", DELIVERY),
         ],

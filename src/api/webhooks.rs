@@ -26,17 +26,26 @@ pub const TEST_EVENT: &str = "pool.assets_locked";
 #[serde(deny_unknown_fields)]
 pub struct CreateWebhook {
     /// Absolute http(s) URL, at most 2048 characters.
+    #[schema(
+        example = "https://example.com/hooks/smartdrop",
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://",
+        max_length = 2048
+    )]
     pub url: String,
     /// Event types: exact names, `*`, or `prefix.*`.
+    #[schema(example = json!(["*"]), min_items = 1, max_items = 100)]
     pub events: Vec<String>,
     /// `whsec_` + base64 of 24–64 bytes; generated when absent.
+    #[schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$")]
     pub secret: Option<String>,
     /// At most 500 characters.
+    #[schema(example = "SmartDrop pool events", max_length = 500)]
     pub description: Option<String>,
     /// Defaults to true.
     pub active: Option<bool>,
     /// Deliveries per second to this endpoint, across all instances (1 to
     /// 100000); absent or `null` = unlimited.
+    #[schema(minimum = 1, maximum = 100000)]
     pub rate_limit: Option<i64>,
     /// `unordered` (default) or `fifo`.
     pub ordering: Option<Ordering>,
@@ -45,7 +54,13 @@ pub struct CreateWebhook {
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchWebhook {
+    #[schema(
+        example = "https://example.com/hooks/smartdrop-v2",
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://",
+        max_length = 2048
+    )]
     pub url: Option<String>,
+    #[schema(example = json!(["pool.*"]), min_items = 1, max_items = 100)]
     pub events: Option<Vec<String>>,
     /// `true` re-enables a disabled webhook and resets its circuit.
     pub active: Option<bool>,
@@ -121,9 +136,11 @@ impl From<Webhook> for WebhookView {
 #[serde(deny_unknown_fields)]
 pub struct RotateSecret {
     /// The new secret (`whsec_` + base64 of 24–64 bytes); generated when absent.
+    #[schema(pattern = "^whsec_[A-Za-z0-9+/]+={0,2}$")]
     pub secret: Option<String>,
     /// Seconds the replaced secret keeps signing beside the new one
     /// (0–604800, default 86400); 0 is a hard cut-over.
+    #[schema(example = 3600, minimum = 0, maximum = 604800)]
     pub overlap_s: Option<i64>,
 }
 
