@@ -44,6 +44,11 @@ pub struct Config {
     /// Size of the Postgres connection pool.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1_000))]
     pub database_max_connections: u32,
+    /// Postgres cancels any statement of the service's pools that runs longer
+    /// (a query stuck behind a lock, a saturated server); it is retried, and an
+    /// API request gets a 503.
+    #[arg(long, env = "DATABASE_STATEMENT_TIMEOUT_MS", default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub database_statement_timeout_ms: u64,
     /// Bearer token for /api/v1; generated and printed once at start when unset.
     #[arg(long, env = "ADMIN_API_KEY", hide_env_values = true)]
     pub admin_api_key: Option<SecretString>,
@@ -163,6 +168,10 @@ impl Config {
             return Err(invalid("LOG_LEVEL", "is not a valid tracing filter"));
         }
         Ok(())
+    }
+
+    pub fn statement_timeout(&self) -> Duration {
+        Duration::from_millis(self.database_statement_timeout_ms)
     }
 
     pub fn timeout(&self) -> Duration {

@@ -27,12 +27,31 @@ pub async fn prepare(database_url: &str) -> anyhow::Result<()> {
 }
 
 pub async fn connect(database_url: &str, max_connections: u32) -> anyhow::Result<PgPool> {
-    let options = PgConnectOptions::from_str(database_url)
+    connect_with_timeout(database_url, max_connections, None).await
+}
+
+/// The service's pools: every statement on them is cancelled by Postgres
+/// after `statement_timeout` (`DATABASE_STATEMENT_TIMEOUT_MS`), so a query
+/// stuck behind a lock or a saturated server fails (and is retried) instead
+/// of holding a worker or a request for good. Migrations go without one.
+pub async fn connect_with_timeout(
+    database_url: &str,
+    max_connections: u32,
+    statement_timeout: Option<Duration>,
+) -> anyhow::Result<PgPool> {
+    let mut options = PgConnectOptions::from_str(database_url)
         .context("DATABASE_URL is not a valid Postgres URL")?;
+    if let Some(timeout) = statement_timeout {
+        options = with_statement_timeout(options, timeout);
+    }
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(options)
         .await
         .context("could not connect to Postgres (DATABASE_URL)")
+}
+
+pub fn with_statement_timeout(options: PgConnectOptions, timeout: Duration) -> PgConnectOptions {
+    options.options([("statement_timeout", format!("{}ms", timeout.as_millis()))])
 }

@@ -40,7 +40,12 @@ async fn main() -> ExitCode {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     db::prepare(&config.database_url).await?;
-    let pool = db::connect(&config.database_url, config.database_max_connections).await?;
+    let pool = db::connect_with_timeout(
+        &config.database_url,
+        config.database_max_connections,
+        Some(config.statement_timeout()),
+    )
+    .await?;
     let key = startup::admin_key(&config);
     let app = startup::Application::build(config, pool, &key)?;
     app.run_until_stopped(shutdown::on_signal()).await

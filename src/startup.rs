@@ -174,7 +174,10 @@ pub fn api_state(
     let pool = PgPoolOptions::new()
         .max_connections(size)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with((*pipeline_pool.connect_options()).clone());
+        .connect_lazy_with(crate::db::with_statement_timeout(
+            (*pipeline_pool.connect_options()).clone(),
+            config.statement_timeout(),
+        ));
     let deliverer = Deliverer::new(
         pool.clone(),
         sender(config)?,

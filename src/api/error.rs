@@ -79,6 +79,20 @@ impl From<sqlx::Error> for ApiError {
         if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23503") {
             return Self::Conflict("the webhook was deleted while this request ran".into());
         }
+        // Classes that mean "try again": 08 connection exception, 40
+        // transaction rollback (serialization failure, deadlock), 53
+        // insufficient resources, 57 operator intervention (a statement
+        // timeout, the server shutting down or restarting).
+        if let Some(db) = e.as_database_error()
+            && db
+                .code()
+                .is_some_and(|c| ["08", "40", "53", "57"].iter().any(|k| c.starts_with(k)))
+        {
+            return Self::Unavailable(format!(
+                "the database could not complete the request ({}); retry later",
+                db.message()
+            ));
+        }
         match e {
             // The pool could not hand out a connection: the database is down
             // or saturated; the client may retry.
@@ -113,6 +127,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(self.status_code());
         if matches!(self, Self::Unauthorized) {
             response.insert_header(("WWW-Authenticate", "Bearer"));
+        }
+        if matches!(self, Self::Unavailable(_)) {
+            response.insert_header(("Retry-After", "1"));
         }
         response.json(ErrorBody {
             error: self.kind(),

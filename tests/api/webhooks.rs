@@ -565,3 +565,73 @@ async fn the_url_is_stored_and_echoed_as_given_and_its_limit_counts_characters(p
         .await;
     assert_eq!(response.status(), 201);
 }
+
+/// Waits until a backend of this database waits on a lock for `needle`.
+async fn blocked_backend(pool: &PgPool, needle: &str) -> i32 {
+    for _ in 0..100 {
+        let pid: Option<i32> = sqlx::query_scalar(
+            "SELECT pid FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1",
+        )
+        .bind(format!("%{needle}%"))
+        .fetch_optional(pool)
+        .await
+        .unwrap();
+        if let Some(pid) = pid {
+            return pid;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("no backend waited on a lock for {needle}");
+}
+
+#[sqlx::test]
+async fn a_database_that_cannot_answer_is_a_503_with_retry_after_not_a_hang_or_a_500(pool: PgPool) {
+    use std::time::Duration;
+    let app = TestApp::spawn_with(pool.clone(), |c| c.database_statement_timeout_ms = 300).await;
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE webhooks IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    // A statement stuck behind the lock is cancelled by the statement timeout.
+    let started = std::time::Instant::now();
+    let response = tokio::time::timeout(Duration::from_secs(10), app.get("/api/v1/webhooks"))
+        .await
+        .expect("answered, not hung");
+    assert_eq!(response.status(), 503);
+    assert_eq!(response.headers()["retry-after"], "1");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let (_, error) = error_of(response).await;
+    assert_eq!(error["error"], "service_unavailable", "{error}");
+
+    // The server ending the connection (an administrator, a failover) too.
+    let app = TestApp::spawn(pool.clone()).await;
+    let request = tokio::spawn({
+        let url = app.url("/api/v1/webhooks");
+        let client = app.client.clone();
+        async move {
+            client
+                .get(url)
+                .bearer_auth(crate::helpers::KEY)
+                .send()
+                .await
+                .unwrap()
+        }
+    });
+    let pid = blocked_backend(&pool, "FROM webhooks").await;
+    sqlx::query("SELECT pg_terminate_backend($1)")
+        .bind(pid)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), request)
+        .await
+        .expect("answered, not hung")
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+
+    locker.rollback().await.unwrap();
+    assert_eq!(app.get("/api/v1/webhooks").await.status(), 200);
+}
