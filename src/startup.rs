@@ -28,6 +28,10 @@ use crate::{fanout, maintenance, wakeup};
 /// Extra time, beyond one request timeout, that shutdown allows in-flight
 /// sends to finish and be recorded.
 const DRAIN_MARGIN: Duration = Duration::from_secs(2);
+/// After the drain, how long the completer and the other loops get to finish
+/// their database work before the process exits anyway (a frozen database
+/// must not keep it alive; unrecorded sends go again when their leases end).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 pub struct Application {
     port: u16,
@@ -141,8 +145,18 @@ impl Application {
         };
         shutdown.cancel();
         handle.stop(true).await;
-        self.api_pool.close().await;
-        tracker.wait().await;
+        // Bounded: closing waits for connections in use, which a frozen
+        // database never returns.
+        let _ = tokio::time::timeout(DRAIN_MARGIN, self.api_pool.close()).await;
+        let deadline = self.config.timeout() + DRAIN_MARGIN + SHUTDOWN_GRACE;
+        if tokio::time::timeout(deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "shutdown: the database did not answer in time; exiting anyway (leases still held expire on their own)"
+            );
+        }
         tracing::info!("stopped");
         result
     }

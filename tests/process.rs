@@ -282,6 +282,50 @@ async fn sigterm_finishes_in_flight_sends_exits_0_and_the_next_start_delivers_th
 }
 
 #[sqlx::test]
+async fn sigterm_while_results_cannot_be_recorded_exits_in_time_and_gives_no_lease_back(
+    pool: PgPool,
+) {
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::status(200).delayed(Duration::from_millis(800)));
+    let env = [("WEBHOOK_TIMEOUT_MS", "2000"), ("WEBHOOK_LEASE_MS", "4000")];
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 3, "unrecorded-").await;
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    // The three sends are in flight. Recording their results now waits
+    // forever, as it would on a database that stopped answering.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE webhook_delivery_attempts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let (status, took) = service.terminate().await;
+    println!("SIGTERM with recording blocked → exit in {took:?}");
+    assert!(status.success(), "exit status {status:?}");
+    // WEBHOOK_TIMEOUT_MS + the drain margin + the grace, and a second to spare.
+    assert!(
+        took < Duration::from_millis(2000 + 2000 + 3000 + 1000),
+        "took {took:?}"
+    );
+    // Nothing was given back (that clears the token): those deliveries were
+    // sent, and a lease given back would have them sent again at once.
+    let still_leased: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_deliveries
+         WHERE status = 'pending' AND lease_token IS NOT NULL",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(still_leased, 3);
+    locker.rollback().await.unwrap();
+    // At least once: what was not recorded goes again after its lease.
+    let _service = Service::start(&pool, &env).await;
+    wait_all_succeeded(&pool, 3, Duration::from_secs(20)).await;
+    let sent = receiver.received().len();
+    assert!((3..=6).contains(&sent), "{sent} requests for 3 deliveries");
+}
+
+#[sqlx::test]
 async fn sigterm_while_a_receiver_hangs_exits_0_within_the_timeout_and_the_next_start_delivers_those_events(
     pool: PgPool,
 ) {

@@ -67,7 +67,18 @@ async fn record_patiently(
     let give_up = Instant::now() + lease;
     let mut delay = Duration::from_millis(50);
     loop {
-        match super::record(pool, metrics, breaker, batch).await {
+        // Each try is bounded too: a database that stops answering (frozen,
+        // black-holed) must not hold shutdown past its patience.
+        let left = give_up.saturating_duration_since(Instant::now());
+        let attempt = tokio::time::timeout(left, super::record(pool, metrics, breaker, batch));
+        let Ok(result) = attempt.await else {
+            tracing::error!(
+                attempts = batch.len(),
+                "gave up recording attempts: the database did not answer in time; those deliveries are sent again when their leases expire"
+            );
+            return;
+        };
+        match result {
             Ok(()) => return,
             Err(e) if is_row_error(&e) && batch.len() > 1 => {
                 tracing::warn!(error = %e, attempts = batch.len(), "recording a batch failed on a row; recording one by one");

@@ -213,28 +213,22 @@ impl Worker {
         self.drain().await;
     }
 
-    /// Waits for in-flight sends (each bounded by the request timeout), then
-    /// gives back the leases of any that did not finish in time.
+    /// Waits for in-flight sends (each bounded by the request timeout) to
+    /// hand their results to the completer. A lease is never given back here:
+    /// every delivery in flight has been sent (or is being sent), so making it
+    /// due at once would send it again for certain. One whose result cannot
+    /// be recorded is sent again when its lease expires (at least once).
     async fn drain(self) {
         self.tasks.close();
         if tokio::time::timeout(self.config.drain, self.tasks.wait())
             .await
             .is_err()
         {
-            let tokens: Vec<Uuid> = self
-                .in_flight
-                .lock()
-                .unwrap()
-                .leases
-                .iter()
-                .copied()
-                .collect();
-            match queue::store::release(&self.pool, &tokens).await {
-                Ok(n) => tracing::warn!(released = n, "shutdown: released unfinished deliveries"),
-                Err(e) => {
-                    tracing::warn!(error = %e, "shutdown: could not release leases; they expire on their own")
-                }
-            }
+            let unrecorded = self.in_flight.lock().unwrap().leases.len();
+            tracing::warn!(
+                unrecorded,
+                "shutdown: sends whose results could not be handed over; they are sent again when their leases expire"
+            );
         }
     }
 }

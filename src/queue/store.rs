@@ -3,7 +3,6 @@
 //! expired and was taken over changes nothing.
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::fairness::Rooms;
 use super::{Attempt, Claimed, Delivery, Finished, NextState};
@@ -241,43 +240,6 @@ pub(super) struct Recorded {
     pub webhook_id: String,
     /// Its endpoint's state was closed with no failures, and not FIFO.
     pub at_rest: bool,
-}
-
-/// Gives leases back without consuming an attempt (shutdown), so another
-/// instance can send those deliveries at once.
-pub async fn release(pool: &PgPool, tokens: &[Uuid]) -> sqlx::Result<u64> {
-    let mut tx = pool.begin().await?;
-    // State rows first, in webhook_id order, as the completer locks them.
-    sqlx::query!(
-        r#"
-        SELECT s.webhook_id FROM webhook_endpoint_state s
-        WHERE s.webhook_id IN (SELECT webhook_id FROM webhook_deliveries WHERE lease_token = ANY($1))
-        ORDER BY s.webhook_id
-        FOR UPDATE
-        "#,
-        tokens,
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    let released = sqlx::query_scalar!(
-        r#"
-        WITH released AS (
-            UPDATE webhook_deliveries
-            SET next_retry_at = now(), lease_expires_at = NULL, lease_token = NULL
-            WHERE lease_token = ANY($1) AND status = 'pending'
-            RETURNING webhook_id
-        ), ready AS (
-            UPDATE webhook_endpoint_state s SET ready_at = now()
-            WHERE s.webhook_id IN (SELECT webhook_id FROM released)
-        )
-        SELECT count(*) AS "n!" FROM released
-        "#,
-        tokens,
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(released as u64)
 }
 
 /// A webhook's deliveries, newest first, after the `(created_at, id)` cursor.

@@ -93,17 +93,6 @@ async fn an_expired_lease_is_reclaimed_and_the_stale_owner_is_fenced_out(pool: P
 }
 
 #[sqlx::test]
-async fn released_leases_are_due_at_once_without_consuming_an_attempt(pool: PgPool) {
-    seed(&pool, 3).await;
-    let claimed = store::claim_due(&pool, 10, 60_000).await.unwrap();
-    let tokens: Vec<_> = claimed.iter().map(|c| c.lease_token).collect();
-    assert_eq!(store::release(&pool, &tokens).await.unwrap(), 3);
-    let again = store::claim_due(&pool, 10, 60_000).await.unwrap();
-    assert_eq!(again.len(), 3);
-    assert!(again.iter().all(|c| c.attempts == 0));
-}
-
-#[sqlx::test]
 async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
     sqlx::query("INSERT INTO webhooks (url, events, secret) SELECT 'http://127.0.0.1:9/' || g, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' FROM generate_series(1, 3) g")
         .execute(&pool)
