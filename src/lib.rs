@@ -23,6 +23,7 @@ pub mod fanout;
 pub mod intake;
 pub mod maintenance;
 pub mod metrics;
+pub mod pipeline;
 pub mod queue;
 pub mod reporting;
 pub mod shutdown;

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub circuits_open: Gauge,
     disabled_gone: Counter,
     disabled_circuit_open: Counter,
+    /// The loops' liveness and the cached backlog, for `/health` and here.
+    pub pipeline: crate::pipeline::PipelineHealth,
 }
 
 impl Metrics {
@@ -111,6 +113,7 @@ impl Metrics {
             circuits_open: gauge("webhook_circuit_open"),
             disabled_gone: counter("webhook_disabled_total", &[("reason", "gone")]),
             disabled_circuit_open: counter("webhook_disabled_total", &[("reason", "circuit_open")]),
+            pipeline: crate::pipeline::PipelineHealth::new(),
             handle: recorder.handle(),
         }
     }

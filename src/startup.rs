@@ -129,6 +129,11 @@ impl Application {
             completed,
         );
         tracker.spawn(worker.run(shutdown.clone()));
+        let metrics = self.metrics.clone();
+        let pool = self.pool.clone();
+        let every = poll.clamp(Duration::from_millis(250), Duration::from_secs(5));
+        let stop = shutdown.clone();
+        tracker.spawn(async move { metrics.pipeline.watch_backlog(pool, every, stop).await });
         tracker.spawn(maintenance::run(
             self.pool.clone(),
             self.config.webhook_retention_days,
@@ -221,6 +226,10 @@ pub fn api_state(
         trust_proxy: config.webhook_trust_proxy,
         allow_private_targets: config.webhook_allow_private_targets,
         lease_ms: config.lease().as_millis() as i64,
+        // The claim loop reaches the database at least every poll; a few of
+        // those and a statement timeout without one is a stuck pipeline.
+        pipeline_stale: Duration::from_millis(config.webhook_retry_poll_ms) * 3
+            + config.statement_timeout(),
     }))
 }
 

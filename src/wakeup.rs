@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 pub const EVENTS_CHANNEL: &str = "webhook_events";
+/// How often an idle LISTEN connection is asked `SELECT 1`: silence is what
+/// a dead or black-holed connection looks like, and sqlx offers no TCP
+/// keepalive, so liveness is checked by asking.
+const PING_EVERY: Duration = Duration::from_secs(30);
+const PING_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DELIVERIES_CHANNEL: &str = "webhook_deliveries";
 
 #[derive(Clone, Default)]
@@ -71,10 +76,17 @@ pub async fn run(
             metrics.listener_reconnects.increment(1);
         }
         backoff = Duration::from_millis(100);
+        metrics.pipeline.listener(true);
         wakeups.wake_all();
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + PING_EVERY, PING_EVERY);
         loop {
+            let mut ping_due = false;
+            // A notification cut short by the ping is not lost for good: the
+            // sweeps find what it announced.
             tokio::select! {
                 _ = shutdown.cancelled() => return,
+                _ = ping.tick() => ping_due = true,
                 received = listener.try_recv() => match received {
                     Ok(Some(n)) if n.channel() == EVENTS_CHANNEL => wakeups.events.notify_one(),
                     Ok(Some(_)) => wakeups.deliveries.notify_one(),
@@ -92,6 +104,20 @@ pub async fn run(
                     }
                 },
             }
+            if ping_due {
+                let alive = tokio::time::timeout(
+                    PING_TIMEOUT,
+                    sqlx::query("SELECT 1").execute(&mut listener),
+                )
+                .await;
+                if !matches!(alive, Ok(Ok(_))) {
+                    tracing::warn!(
+                        "LISTEN connection stopped answering; reconnecting and sweeping"
+                    );
+                    break;
+                }
+            }
         }
+        metrics.pipeline.listener(false);
     }
 }

@@ -43,6 +43,9 @@ pub struct ApiState {
     pub trust_proxy: bool,
     pub allow_private_targets: bool,
     pub lease_ms: i64,
+    /// How long the claim loop may go without reaching the database before
+    /// `/health` calls the pipeline stuck.
+    pub pipeline_stale: std::time::Duration,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig) {

@@ -79,7 +79,10 @@ async fn record_patiently(
             return;
         };
         match result {
-            Ok(()) => return,
+            Ok(()) => {
+                metrics.pipeline.recorded();
+                return;
+            }
             Err(e) if is_row_error(&e) && batch.len() > 1 => {
                 tracing::warn!(error = %e, attempts = batch.len(), "recording a batch failed on a row; recording one by one");
                 for one in batch {

@@ -191,7 +191,11 @@ impl Worker {
                         _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                     }
                 }
-                match self.run_once().await {
+                let claimed = self.run_once().await;
+                if claimed.is_ok() {
+                    self.metrics.pipeline.claimed();
+                }
+                match claimed {
                     Ok(outcome) if outcome.started > 0 && !outcome.at_share => continue,
                     Ok(outcome) => {
                         at_share = outcome.at_share;

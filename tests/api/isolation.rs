@@ -73,6 +73,19 @@ async fn metrics(app: &TestApp) -> String {
     response.text().await.unwrap()
 }
 
+/// The queue gauges are refreshed in the background (every 250 ms in tests):
+/// waits until the scrape shows `line`.
+async fn metrics_showing(app: &TestApp, line: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = metrics(app).await;
+        if text.contains(line) || Instant::now() > deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -161,7 +174,7 @@ async fn the_breaker_opens_defers_without_attempts_probes_and_closes_and_the_bac
     assert!(open["circuit"]["consecutive_failures"].as_i64().unwrap() >= 5);
     assert!(open["circuit"]["open_until"].is_string());
     assert!(open["active"].as_bool().unwrap());
-    let metrics = metrics(&app).await;
+    let metrics = metrics_showing(&app, "webhook_circuit_open 1").await;
     assert!(metrics.contains("webhook_circuit_open 1"), "{metrics}");
 
     // What was in flight when it opened is recorded within moments; after

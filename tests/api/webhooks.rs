@@ -567,14 +567,15 @@ async fn the_url_is_stored_and_echoed_as_given_and_its_limit_counts_characters(p
 }
 
 /// Waits until a backend of this database waits on a lock for `needle`.
-async fn blocked_backend(pool: &PgPool, needle: &str) -> i32 {
+async fn blocked_backend(conn: &mut sqlx::PgConnection, needle: &str) -> i32 {
     for _ in 0..100 {
         let pid: Option<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1",
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1
+             LIMIT 1",
         )
         .bind(format!("%{needle}%"))
-        .fetch_optional(pool)
+        .fetch_optional(&mut *conn)
         .await
         .unwrap();
         if let Some(pid) = pid {
@@ -619,10 +620,16 @@ async fn a_database_that_cannot_answer_is_a_503_with_retry_after_not_a_hang_or_a
                 .unwrap()
         }
     });
-    let pid = blocked_backend(&pool, "FROM webhooks").await;
+    // The service's loops wait on the lock too and may hold every connection
+    // of the test pool: look from a connection of our own.
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::database_url(&pool))
+            .await
+            .unwrap();
+    let pid = blocked_backend(&mut admin, "consecutive_failures AS").await;
     sqlx::query("SELECT pg_terminate_backend($1)")
         .bind(pid)
-        .execute(&pool)
+        .execute(&mut admin)
         .await
         .unwrap();
     let response = tokio::time::timeout(Duration::from_secs(10), request)
@@ -634,4 +641,56 @@ async fn a_database_that_cannot_answer_is_a_503_with_retry_after_not_a_hang_or_a
 
     locker.rollback().await.unwrap();
     assert_eq!(app.get("/api/v1/webhooks").await.status(), 200);
+}
+
+async fn health_body(app: &TestApp) -> (u16, Value) {
+    let response = app.client.get(app.url("/health")).send().await.unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+/// Polls /health until `done` holds (or 10 s pass) and returns the last answer.
+async fn health_until(app: &TestApp, done: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (status, body) = health_body(app).await;
+        if done(status, &body) || std::time::Instant::now() > deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[sqlx::test]
+async fn health_reports_the_pipeline_and_turns_red_when_claims_cannot_reach_the_database(
+    pool: PgPool,
+) {
+    let app = TestApp::spawn_with(pool.clone(), |c| c.database_statement_timeout_ms = 300).await;
+    let (status, body) = health_until(&app, |s, b| s == 200 && b["listener"] == "connected").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["database"], "ok");
+    assert!(body["last_claim_age_s"].as_f64().unwrap() < 5.0, "{body}");
+    assert_eq!(body["reason"], Value::Null);
+    assert_eq!(body["due"], 0);
+
+    // The claim reads webhook_endpoint_state first: with it locked, no claim
+    // reaches the database, while `SELECT 1` still answers.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE webhook_endpoint_state IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let (status, body) = health_until(&app, |s, _| s == 503).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["status"], "unavailable");
+    assert_eq!(body["database"], "ok");
+    assert!(
+        body["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("no claim has reached the database"),
+        "{body}"
+    );
+    locker.rollback().await.unwrap();
+    let (status, body) = health_until(&app, |s, _| s == 200).await;
+    assert_eq!(status, 200, "green again once claims go through: {body}");
 }
