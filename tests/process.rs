@@ -1,5 +1,7 @@
 //! The real binary, as operators run it: crashes, restarts, several
 //! instances on one database, graceful shutdown, the `publish` subcommand.
+#[path = "api/fault_proxy.rs"]
+mod fault_proxy;
 #[path = "api/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
@@ -426,4 +428,135 @@ fn an_invalid_setting_stops_the_service_naming_the_variable() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(var), "{var}={value}: {stderr}");
     }
+}
+
+/// DATABASE_URL for the service, through `proxy` instead of straight to Postgres.
+fn through(pool: &PgPool, proxy: &fault_proxy::FaultProxy) -> String {
+    database_url(pool).replace("127.0.0.1:5432", &proxy.addr.to_string())
+}
+
+async fn upstream() -> std::net::SocketAddr {
+    "127.0.0.1:5432".parse().unwrap()
+}
+
+async fn health_of(service: &Service) -> u16 {
+    match helpers::http_client()
+        .get(format!("{}/health", service.base))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn wait_health(service: &Service, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = health_of(service).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/health stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every webhook-id the receiver got, and how many came more than once.
+fn ids_and_duplicates(receiver: &Receiver) -> (HashSet<String>, usize) {
+    let mut ids = HashSet::new();
+    let mut duplicates = 0;
+    for r in receiver.received() {
+        if !ids.insert(r.header("webhook-id").to_owned()) {
+            duplicates += 1;
+        }
+    }
+    (ids, duplicates)
+}
+
+const FAULT_ENV: [(&str, &str); 3] = [
+    ("WEBHOOK_RETRY_POLL_MS", "200"),
+    ("DATABASE_STATEMENT_TIMEOUT_MS", "2000"),
+    ("WEBHOOK_TIMEOUT_MS", "2000"),
+];
+
+#[sqlx::test]
+async fn a_database_frozen_for_20_s_under_load_loses_nothing_and_sends_nothing_twice(pool: PgPool) {
+    let proxy = fault_proxy::FaultProxy::start(upstream().await).await;
+    let receiver = Receiver::start().await;
+    let url = through(&pool, &proxy);
+    let mut env = FAULT_ENV.to_vec();
+    env.push(("DATABASE_URL", &url));
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 100, "before-").await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    proxy.freeze();
+    let frozen_at = Instant::now();
+    // The indexer keeps publishing (straight to Postgres) during the fault.
+    publish_many(&pool, 100, "during-").await;
+    wait_health(&service, 503, Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(20).saturating_sub(frozen_at.elapsed())).await;
+    proxy.thaw();
+    wait_all_succeeded(&pool, 200, Duration::from_secs(60)).await;
+    wait_health(&service, 200, Duration::from_secs(15)).await;
+    let (ids, duplicates) = ids_and_duplicates(&receiver);
+    assert_eq!(ids.len(), 200);
+    assert_eq!(duplicates, 0, "no lease expired during a 20 s freeze");
+}
+
+#[sqlx::test]
+async fn every_connection_cut_under_load_loses_nothing_and_sends_nothing_twice(pool: PgPool) {
+    let proxy = fault_proxy::FaultProxy::start(upstream().await).await;
+    let receiver = Receiver::start().await;
+    let url = through(&pool, &proxy);
+    let mut env = FAULT_ENV.to_vec();
+    env.push(("DATABASE_URL", &url));
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 300, "cut-").await;
+    receiver.wait_for(30, Duration::from_secs(10)).await;
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.cut();
+    publish_many(&pool, 100, "after-cut-").await;
+    wait_all_succeeded(&pool, 400, Duration::from_secs(60)).await;
+    wait_health(&service, 200, Duration::from_secs(15)).await;
+    let (ids, duplicates) = ids_and_duplicates(&receiver);
+    assert_eq!(ids.len(), 400);
+    assert_eq!(duplicates, 0);
+}
+
+#[sqlx::test]
+async fn sigterm_with_the_database_frozen_exits_within_the_timeout_and_a_few_seconds(pool: PgPool) {
+    let proxy = fault_proxy::FaultProxy::start(upstream().await).await;
+    let receiver = Receiver::start().await;
+    let url = through(&pool, &proxy);
+    let mut env = FAULT_ENV.to_vec();
+    env.extend([("DATABASE_URL", url.as_str()), ("WEBHOOK_LEASE_MS", "3000")]);
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 20, "frozen-term-").await;
+    receiver.wait_for(1, Duration::from_secs(10)).await;
+    proxy.freeze();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, took) = service.terminate().await;
+    println!("SIGTERM with the database frozen → exit in {took:?}");
+    assert!(status.success(), "exit status {status:?}");
+    assert!(
+        took < Duration::from_millis(2000 + 5000 + 1000),
+        "took {took:?}"
+    );
+    proxy.thaw();
+    // What was not recorded goes again on the next start, after its lease.
+    let _service = Service::start(
+        &pool,
+        &[("WEBHOOK_TIMEOUT_MS", "2000"), ("WEBHOOK_LEASE_MS", "3000")],
+    )
+    .await;
+    wait_all_succeeded(&pool, 20, Duration::from_secs(30)).await;
 }
