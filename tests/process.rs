@@ -484,15 +484,26 @@ const FAULT_ENV: [(&str, &str); 3] = [
     ("WEBHOOK_TIMEOUT_MS", "2000"),
 ];
 
-#[sqlx::test]
-async fn a_database_frozen_for_20_s_under_load_loses_nothing_and_sends_nothing_twice(pool: PgPool) {
+/// A service whose every database connection goes through a fault proxy,
+/// with one webhook on a fresh receiver.
+async fn behind_proxy(
+    pool: &PgPool,
+    extra: &[(&str, &str)],
+) -> (fault_proxy::FaultProxy, Receiver, Service) {
     let proxy = fault_proxy::FaultProxy::start(upstream().await).await;
     let receiver = Receiver::start().await;
-    let url = through(&pool, &proxy);
+    let url = through(pool, &proxy);
     let mut env = FAULT_ENV.to_vec();
-    env.push(("DATABASE_URL", &url));
-    let service = Service::start(&pool, &env).await;
+    env.push(("DATABASE_URL", url.as_str()));
+    env.extend_from_slice(extra);
+    let service = Service::start(pool, &env).await;
     service.create_webhook(&receiver.url).await;
+    (proxy, receiver, service)
+}
+
+#[sqlx::test]
+async fn a_database_frozen_for_20_s_under_load_loses_nothing_and_sends_nothing_twice(pool: PgPool) {
+    let (proxy, receiver, service) = behind_proxy(&pool, &[]).await;
     publish_many(&pool, 100, "before-").await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     proxy.freeze();
@@ -511,13 +522,7 @@ async fn a_database_frozen_for_20_s_under_load_loses_nothing_and_sends_nothing_t
 
 #[sqlx::test]
 async fn every_connection_cut_under_load_loses_nothing_and_sends_nothing_twice(pool: PgPool) {
-    let proxy = fault_proxy::FaultProxy::start(upstream().await).await;
-    let receiver = Receiver::start().await;
-    let url = through(&pool, &proxy);
-    let mut env = FAULT_ENV.to_vec();
-    env.push(("DATABASE_URL", &url));
-    let service = Service::start(&pool, &env).await;
-    service.create_webhook(&receiver.url).await;
+    let (proxy, receiver, service) = behind_proxy(&pool, &[]).await;
     publish_many(&pool, 300, "cut-").await;
     receiver.wait_for(30, Duration::from_secs(10)).await;
     proxy.cut();
@@ -533,13 +538,7 @@ async fn every_connection_cut_under_load_loses_nothing_and_sends_nothing_twice(p
 
 #[sqlx::test]
 async fn sigterm_with_the_database_frozen_exits_within_the_timeout_and_a_few_seconds(pool: PgPool) {
-    let proxy = fault_proxy::FaultProxy::start(upstream().await).await;
-    let receiver = Receiver::start().await;
-    let url = through(&pool, &proxy);
-    let mut env = FAULT_ENV.to_vec();
-    env.extend([("DATABASE_URL", url.as_str()), ("WEBHOOK_LEASE_MS", "3000")]);
-    let service = Service::start(&pool, &env).await;
-    service.create_webhook(&receiver.url).await;
+    let (proxy, receiver, service) = behind_proxy(&pool, &[("WEBHOOK_LEASE_MS", "3000")]).await;
     publish_many(&pool, 20, "frozen-term-").await;
     receiver.wait_for(1, Duration::from_secs(10)).await;
     proxy.freeze();
