@@ -455,7 +455,16 @@ async fn metrics_parse_as_prometheus_text_and_move_with_deliveries(pool: PgPool)
     })
     .await;
 
-    let after = scrape(&app).await;
+    // The queue gauges come from a background refresh (every 250 ms here):
+    // wait for one after the last delivery.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut after = scrape(&app).await;
+    while counter(&after, "webhook_due_backlog", None) != 0.0
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        after = scrape(&app).await;
+    }
     assert_eq!(
         counter(
             &after,
