@@ -124,7 +124,7 @@ pub async fn retry(
         .deliverer
         .deliver(claimed)
         .await
-        .map_err(ApiError::Unexpected)?;
+        .map_err(|e| ApiError::unrecorded(delivery_id.as_str(), &e))?;
     let delivery = queue::store::get(&state.pool, webhook_id.as_str(), delivery_id.as_str())
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;

@@ -59,6 +59,19 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// An attempt was made but its result could not be written. Not a 500:
+    /// the database is what failed, and the client must not repeat the call
+    /// (the delivery is sent again by itself when its lease expires).
+    pub fn unrecorded(delivery_id: &str, e: &anyhow::Error) -> Self {
+        tracing::warn!(delivery = %delivery_id, error = %format!("{e:#}"), "an attempt made through the API could not be recorded");
+        Self::Unavailable(format!(
+            "the attempt for delivery {delivery_id} was made but its result could not be recorded; \
+             the delivery is sent again when its lease expires (check it with GET …/deliveries/{delivery_id})"
+        ))
+    }
+}
+
 impl From<InvalidField> for ApiError {
     fn from(e: InvalidField) -> Self {
         Self::Validation(e.to_string())

@@ -425,7 +425,7 @@ pub async fn test(
         .deliverer
         .deliver(claimed)
         .await
-        .map_err(ApiError::Unexpected)?;
+        .map_err(|e| ApiError::unrecorded(&delivery_id, &e))?;
     let delivery = queue::store::get(&state.pool, id.as_str(), &delivery_id)
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;

@@ -403,3 +403,44 @@ async fn a_long_answer_is_drained_so_the_connection_is_reused(pool: PgPool) {
         "one connection for all three: {peers:?}"
     );
 }
+
+#[sqlx::test]
+async fn a_test_send_whose_result_cannot_be_recorded_is_a_503_and_is_not_sent_twice(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn_with(pool.clone(), |c| c.database_statement_timeout_ms = 300).await;
+    let id = app.create_webhook(&receiver.url, &["*"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Recording the attempt waits on this lock until the statement timeout.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE webhook_delivery_attempts IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let response = app.post_empty(&format!("/api/v1/webhooks/{id}/test")).await;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(error["error"], "service_unavailable");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("could not be recorded"),
+        "{error}"
+    );
+    locker.rollback().await.unwrap();
+    // Sent once; not again because of the failure (its lease still holds it).
+    assert_eq!(receiver.received().len(), 1);
+    receiver
+        .assert_stays_at(1, Duration::from_millis(500))
+        .await;
+    let list: Value = app
+        .get(&format!("/api/v1/webhooks/{id}/deliveries"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"][0]["status"], "pending", "{list}");
+}
