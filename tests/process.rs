@@ -559,3 +559,33 @@ async fn sigterm_with_the_database_frozen_exits_within_the_timeout_and_a_few_sec
     .await;
     wait_all_succeeded(&pool, 20, Duration::from_secs(30)).await;
 }
+
+const FAKETIME: &str = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1";
+
+#[sqlx::test]
+async fn retries_follow_the_database_clock_when_the_host_clock_runs_an_hour_ahead(pool: PgPool) {
+    assert!(
+        std::path::Path::new(FAKETIME).exists(),
+        "{FAKETIME} is missing: scripts/test installs it (apt-get install faketime)"
+    );
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500)]);
+    let env = [
+        // The service's wall clock runs an hour ahead of the database's.
+        ("LD_PRELOAD", FAKETIME),
+        ("FAKETIME", "+1h"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("WEBHOOK_RETRY_BASE_MS", "300"),
+        ("WEBHOOK_RETRY_JITTER", "false"),
+        ("WEBHOOK_RETRY_POLL_MS", "100"),
+    ];
+    let service = Service::start(&pool, &env).await;
+    service.create_webhook(&receiver.url).await;
+    publish_many(&pool, 1, "skew-").await;
+    // Retried 300 ms after the failure on the database's clock (an hour
+    // later on the host's, which used to be what counted).
+    let got = receiver.wait_for(2, Duration::from_secs(15)).await;
+    let gap = got[1].at - got[0].at;
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+    wait_all_succeeded(&pool, 1, Duration::from_secs(5)).await;
+}

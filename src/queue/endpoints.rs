@@ -93,7 +93,7 @@ pub async fn write(conn: &mut PgConnection, updates: &[Update]) -> sqlx::Result<
     let mut cooldown: Vec<Option<i64>> = vec![];
     let mut opened_at: Vec<Option<DateTime<Utc>>> = vec![];
     let mut ready_at: Vec<Option<DateTime<Utc>>> = vec![];
-    let mut wake_by: Vec<Option<DateTime<Utc>>> = vec![];
+    let mut wake_in_ms: Vec<Option<i64>> = vec![];
     let mut wake_now = vec![];
     for u in updates {
         ids.push(u.webhook_id.clone());
@@ -103,7 +103,7 @@ pub async fn write(conn: &mut PgConnection, updates: &[Update]) -> sqlx::Result<
         cooldown.push(u.breaker.cooldown_ms);
         opened_at.push(u.breaker.opened_at);
         ready_at.push(u.ready_at);
-        wake_by.push(u.wake_by);
+        wake_in_ms.push(u.wake_by.map(super::retry::from_now_ms));
         wake_now.push(u.wake_now);
     }
     sqlx::query!(
@@ -113,10 +113,10 @@ pub async fn write(conn: &mut PgConnection, updates: &[Update]) -> sqlx::Result<
             cooldown_ms = u.cooldown_ms, opened_at = u.opened_at,
             ready_at = CASE WHEN u.wake_now THEN now()
                             WHEN u.ready_at IS NOT NULL THEN u.ready_at
-                            ELSE least(s.ready_at, u.wake_by) END
+                            ELSE least(s.ready_at, now() + make_interval(secs => u.wake_in_ms / 1000.0)) END
         FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[],
-                    $6::timestamptz[], $7::timestamptz[], $8::timestamptz[], $9::bool[])
-            AS u(webhook_id, circuit, failures, open_until, cooldown_ms, opened_at, ready_at, wake_by, wake_now)
+                    $6::timestamptz[], $7::timestamptz[], $8::int8[], $9::bool[])
+            AS u(webhook_id, circuit, failures, open_until, cooldown_ms, opened_at, ready_at, wake_in_ms, wake_now)
         WHERE s.webhook_id = u.webhook_id
         "#,
         &ids,
@@ -126,7 +126,7 @@ pub async fn write(conn: &mut PgConnection, updates: &[Update]) -> sqlx::Result<
         &cooldown as &[Option<i64>],
         &opened_at as &[Option<DateTime<Utc>>],
         &ready_at as &[Option<DateTime<Utc>>],
-        &wake_by as &[Option<DateTime<Utc>>],
+        &wake_in_ms as &[Option<i64>],
         &wake_now,
     )
     .execute(conn)

@@ -63,7 +63,12 @@ pub struct AttemptRecord {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NextState {
     Success,
-    Retry { at: DateTime<Utc> },
+    /// `at` is on this host's clock; it is stored as "that long from now"
+    /// on the database's clock (`queue::retry::from_now_ms`), so a skewed
+    /// host neither delays nor hurries retries.
+    Retry {
+        at: DateTime<Utc>,
+    },
     Failed,
 }
 

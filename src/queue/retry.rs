@@ -5,6 +5,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
 
+/// How far `at` (on this host's clock) is from now, in milliseconds, never
+/// negative: what the database adds to its own `now()`.
+pub fn from_now_ms(at: DateTime<Utc>) -> i64 {
+    (at - Utc::now()).num_milliseconds().max(0)
+}
+
 /// `at + d`, saturating at the latest time chrono can hold instead of
 /// panicking (configuration bounds keep real delays far below that).
 pub fn later(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {

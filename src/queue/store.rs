@@ -144,7 +144,7 @@ pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Resu
     let mut ids = Vec::with_capacity(batch.len());
     let mut tokens = Vec::with_capacity(batch.len());
     let mut statuses = Vec::with_capacity(batch.len());
-    let mut retry_ats: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(batch.len());
+    let mut retry_in_ms: Vec<Option<i64>> = Vec::with_capacity(batch.len());
     let mut response_statuses: Vec<Option<i32>> = Vec::with_capacity(batch.len());
     let mut errors: Vec<Option<String>> = Vec::with_capacity(batch.len());
     let mut started: Vec<DateTime<Utc>> = Vec::with_capacity(batch.len());
@@ -160,7 +160,7 @@ pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Resu
         ids.push(f.id.clone());
         tokens.push(f.lease_token);
         statuses.push(status.to_owned());
-        retry_ats.push(retry_at);
+        retry_in_ms.push(retry_at.map(super::retry::from_now_ms));
         response_statuses.push(f.attempt.response_status);
         errors.push(f.attempt.error.clone());
         started.push(f.attempt.started_at);
@@ -171,16 +171,18 @@ pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Resu
     let done = sqlx::query!(
         r#"
         WITH input AS (
-            SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[], $5::int4[],
+            SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int8[], $5::int4[],
                                  $6::text[], $7::timestamptz[], $8::int4[], $9::text[], $10::text[])
-                AS t(id, token, status, retry_at, response_status, error, started_at, duration_ms,
+                AS t(id, token, status, retry_in_ms, response_status, error, started_at, duration_ms,
                      error_kind, excerpt)
         ), done AS (
             -- The fence: only the lease holder's write lands.
             UPDATE webhook_deliveries d
             SET status = i.status,
                 attempts = d.attempts + 1,
-                next_retry_at = COALESCE(i.retry_at, d.next_retry_at),
+                -- the database's clock, not this host's
+                next_retry_at = COALESCE(now() + make_interval(secs => i.retry_in_ms / 1000.0),
+                                         d.next_retry_at),
                 lease_expires_at = NULL,
                 lease_token = NULL,
                 response_status = i.response_status,
@@ -214,7 +216,7 @@ pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Resu
         &ids,
         &tokens,
         &statuses,
-        &retry_ats as &[Option<DateTime<Utc>>],
+        &retry_in_ms as &[Option<i64>],
         &response_statuses as &[Option<i32>],
         &errors as &[Option<String>],
         &started,
