@@ -204,8 +204,16 @@ pub fn api_state(
         config.breaker(),
         metrics.clone(),
     );
+    let health_pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(crate::db::with_statement_timeout(
+            (*pipeline_pool.connect_options()).clone(),
+            Duration::from_secs(2),
+        ));
     Ok(web::Data::new(ApiState {
         pool,
+        health_pool,
         deliverer,
         metrics,
         admin_key: AdminKey::new(admin_key),

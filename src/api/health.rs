@@ -34,7 +34,7 @@ pub struct Health {
 #[utoipa::path(get, path = "/health", operation_id = "getHealth", tag = "operations",
     responses((status = 200, body = Health), (status = 503, body = Health)))]
 pub async fn health(state: web::Data<ApiState>) -> HttpResponse {
-    let probe = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&state.pool);
+    let probe = sqlx::query_scalar!("SELECT 1 AS \"one!\"").fetch_one(&state.health_pool);
     let up = matches!(
         tokio::time::timeout(Duration::from_secs(2), probe).await,
         Ok(Ok(1))

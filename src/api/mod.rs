@@ -36,6 +36,9 @@ pub struct RateLimits {
 /// Shared by every handler; built once by `startup`.
 pub struct ApiState {
     pub pool: PgPool,
+    /// One connection of its own for `/health`'s probe: requests holding
+    /// every connection of `pool` must not turn the health check red.
+    pub health_pool: PgPool,
     pub deliverer: Deliverer,
     pub metrics: Arc<Metrics>,
     pub admin_key: AdminKey,

@@ -694,3 +694,59 @@ async fn health_reports_the_pipeline_and_turns_red_when_claims_cannot_reach_the_
     let (status, body) = health_until(&app, |s, _| s == 200).await;
     assert_eq!(status, 200, "green again once claims go through: {body}");
 }
+
+#[sqlx::test]
+async fn requests_holding_every_api_connection_do_not_turn_health_red(pool: PgPool) {
+    // An API pool of two connections.
+    let app = TestApp::spawn_with(pool.clone(), |c| c.database_max_connections = 4).await;
+    let id = app.create_webhook("http://127.0.0.1:9/x", &["*"]).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM webhooks WHERE id = $1 FOR UPDATE")
+        .bind(&id)
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    // Two changes wait on the row lock, each holding an API connection.
+    let patches: Vec<_> = (0..2)
+        .map(|n| {
+            let request = app
+                .client
+                .patch(app.url(&format!("/api/v1/webhooks/{id}")))
+                .bearer_auth(crate::helpers::KEY)
+                .json(&json!({"description": format!("patch {n}")}));
+            tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
+        })
+        .collect();
+    let mut admin =
+        <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::database_url(&pool))
+            .await
+            .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'
+               AND query LIKE '%UPDATE webhooks%'",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+        if waiting == 2 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} requests waiting"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (status, body) = health_body(&app).await;
+    assert_eq!(status, 200, "{body}");
+    locker.rollback().await.unwrap();
+    for patch in patches {
+        assert_eq!(patch.await.unwrap(), 200);
+    }
+}
