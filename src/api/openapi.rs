@@ -63,21 +63,16 @@ fn describe(status: &str) -> &'static str {
     }
 }
 
-/// (from operation, status) → (link name, target operation, parameters as
-/// (name, runtime expression)).
-type LinkSpec = (
-    &'static str,
-    &'static str,
+/// The operations a response of `operation_id` links to (each link named
+/// after its target), and how their parameters come from that response.
+/// Only from responses that always carry the id (a list may be empty).
+fn links_from(
+    operation_id: &str,
+) -> (
+    &'static [&'static str],
     &'static [(&'static str, &'static str)],
-);
-
-fn links_from(operation_id: &str) -> &'static [LinkSpec] {
-    const BY_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
-    const DELIVERY: &[(&str, &str)] = &[
-        ("id", "$request.path.id"),
-        ("delivery_id", "$response.body#/id"),
-    ];
-    const WEBHOOK_OPS: [&str; 7] = [
+) {
+    const WEBHOOK_OPS: &[&str] = &[
         "getWebhook",
         "updateWebhook",
         "deleteWebhook",
@@ -86,29 +81,17 @@ fn links_from(operation_id: &str) -> &'static [LinkSpec] {
         "listDeliveries",
         "getWebhookStats",
     ];
-    macro_rules! to_webhook_ops {
-        ($params:expr) => {
-            &[
-                (WEBHOOK_OPS[0], WEBHOOK_OPS[0], $params),
-                (WEBHOOK_OPS[1], WEBHOOK_OPS[1], $params),
-                (WEBHOOK_OPS[2], WEBHOOK_OPS[2], $params),
-                (WEBHOOK_OPS[3], WEBHOOK_OPS[3], $params),
-                (WEBHOOK_OPS[4], WEBHOOK_OPS[4], $params),
-                (WEBHOOK_OPS[5], WEBHOOK_OPS[5], $params),
-                (WEBHOOK_OPS[6], WEBHOOK_OPS[6], $params),
-            ]
-        };
-    }
-    // Only from responses that always carry the id (a list may be empty).
+    const BY_ID: &[(&str, &str)] = &[("id", "$response.body#/id")];
+    const DELIVERY: &[(&str, &str)] = &[
+        ("id", "$request.path.id"),
+        ("delivery_id", "$response.body#/id"),
+    ];
     match operation_id {
         "createWebhook" | "getWebhook" | "updateWebhook" | "rotateWebhookSecret" => {
-            to_webhook_ops!(BY_ID)
+            (WEBHOOK_OPS, BY_ID)
         }
-        "testWebhook" | "retryDelivery" => &[
-            ("getDelivery", "getDelivery", DELIVERY),
-            ("retryDelivery", "retryDelivery", DELIVERY),
-        ],
-        _ => &[],
+        "testWebhook" | "retryDelivery" => (&["getDelivery", "retryDelivery"], DELIVERY),
+        _ => (&[], &[]),
     }
 }
 
@@ -173,22 +156,22 @@ impl Modify for Contract {
                     operation.parameters = None;
                 }
                 let id = operation.operation_id.clone().unwrap_or_default();
-                let links = links_from(&id);
-                if links.is_empty() {
+                let (targets, params) = links_from(&id);
+                if targets.is_empty() {
                     continue;
                 }
                 for (status, response) in operation.responses.responses.iter_mut() {
                     let (RefOr::T(response), true) = (response, status.starts_with('2')) else {
                         continue;
                     };
-                    for (name, target, params) in links {
+                    for target in targets {
                         let mut link = LinkBuilder::new().operation_id(*target);
-                        for (param, expression) in params.iter() {
+                        for (param, expression) in params {
                             link = link.parameter(*param, *expression);
                         }
                         response
                             .links
-                            .insert((*name).to_owned(), RefOr::T(link.build()));
+                            .insert((*target).to_owned(), RefOr::T(link.build()));
                     }
                 }
             }

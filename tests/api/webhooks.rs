@@ -566,24 +566,32 @@ async fn the_url_is_stored_and_echoed_as_given_and_its_limit_counts_characters(p
     assert_eq!(response.status(), 201);
 }
 
-/// Waits until a backend of this database waits on a lock for `needle`.
-async fn blocked_backend(conn: &mut sqlx::PgConnection, needle: &str) -> i32 {
-    for _ in 0..100 {
-        let pid: Option<i32> = sqlx::query_scalar(
+/// Waits until `n` backends of this database wait on a lock in a statement
+/// containing `needle`, and returns their pids.
+async fn lock_waiters(conn: &mut sqlx::PgConnection, needle: &str, n: usize) -> Vec<i32> {
+    for _ in 0..200 {
+        let pids: Vec<i32> = sqlx::query_scalar(
             "SELECT pid FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1
-             LIMIT 1",
+             WHERE datname = current_database() AND wait_event_type = 'Lock' AND query LIKE $1",
         )
         .bind(format!("%{needle}%"))
-        .fetch_optional(&mut *conn)
+        .fetch_all(&mut *conn)
         .await
         .unwrap();
-        if let Some(pid) = pid {
-            return pid;
+        if pids.len() >= n {
+            return pids;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    panic!("no backend waited on a lock for {needle}");
+    panic!("fewer than {n} backends waited on a lock for {needle}");
+}
+
+/// A connection of the test's own, apart from the pool the service uses
+/// (whose connections may all be waiting on a lock).
+async fn own_connection(pool: &PgPool) -> sqlx::PgConnection {
+    <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::database_url(pool))
+        .await
+        .unwrap()
 }
 
 #[sqlx::test]
@@ -622,11 +630,8 @@ async fn a_database_that_cannot_answer_is_a_503_with_retry_after_not_a_hang_or_a
     });
     // The service's loops wait on the lock too and may hold every connection
     // of the test pool: look from a connection of our own.
-    let mut admin =
-        <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::database_url(&pool))
-            .await
-            .unwrap();
-    let pid = blocked_backend(&mut admin, "consecutive_failures AS").await;
+    let mut admin = own_connection(&pool).await;
+    let pid = lock_waiters(&mut admin, "consecutive_failures AS", 1).await[0];
     sqlx::query("SELECT pg_terminate_backend($1)")
         .bind(pid)
         .execute(&mut admin)
@@ -720,29 +725,8 @@ async fn requests_holding_every_api_connection_do_not_turn_health_red(pool: PgPo
             tokio::spawn(async move { request.send().await.unwrap().status().as_u16() })
         })
         .collect();
-    let mut admin =
-        <sqlx::PgConnection as sqlx::Connection>::connect(&crate::helpers::database_url(&pool))
-            .await
-            .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'
-               AND query LIKE '%UPDATE webhooks%'",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .unwrap();
-        if waiting == 2 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{waiting} requests waiting"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let mut admin = own_connection(&pool).await;
+    lock_waiters(&mut admin, "UPDATE webhooks", 2).await;
     let (status, body) = health_body(&app).await;
     assert_eq!(status, 200, "{body}");
     locker.rollback().await.unwrap();
