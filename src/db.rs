@@ -3,9 +3,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::future::BoxFuture;
 use sqlx::migrate::{MigrateDatabase, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres};
+use sqlx::{PgConnection, PgPool, Postgres};
+use tokio_util::sync::CancellationToken;
 
 pub static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 
@@ -54,4 +56,85 @@ pub async fn connect_with_timeout(
 
 pub fn with_statement_timeout(options: PgConnectOptions, timeout: Duration) -> PgConnectOptions {
     options.options([("statement_timeout", format!("{}ms", timeout.as_millis()))])
+}
+
+/// Beyond `statement_timeout`, how long a pipeline loop waits for an answer
+/// before it counts the connection as dead. Postgres cancels a slow statement
+/// itself; past this margin the server (or the network to it) is not answering.
+pub const NO_ANSWER_MARGIN: Duration = Duration::from_secs(5);
+
+/// Once shutdown starts, how much longer a loop's unit of database work may
+/// take: enough for a healthy database to finish what it was asked, so its
+/// result (a claim, a fan-out) is not thrown away.
+const AT_SHUTDOWN: Duration = Duration::from_secs(1);
+
+/// Why a loop's unit of database work did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum Interrupted {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("the database did not answer within {} ms; the connection was closed", .0.as_millis())]
+    NoAnswer(Duration),
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// How long a pipeline loop's database work may take, and when to stop.
+#[derive(Debug, Clone)]
+pub struct Bounds {
+    /// `statement_timeout` + [`NO_ANSWER_MARGIN`].
+    pub limit: Duration,
+    pub shutdown: CancellationToken,
+}
+
+impl Bounds {
+    pub fn new(statement_timeout: Duration, shutdown: CancellationToken) -> Self {
+        Self {
+            limit: statement_timeout + NO_ANSWER_MARGIN,
+            shutdown,
+        }
+    }
+
+    /// Runs one unit of a loop's database work on a connection of its own,
+    /// bounded from this side: a frozen server or a black-holed network never
+    /// answers, and sqlx has no TCP keepalive, so without this the loop would
+    /// wait forever. A connection that did not answer is closed, not returned
+    /// to the pool (it is mid-protocol; the pool's ping would hang on it).
+    /// Shutdown leaves the work [`AT_SHUTDOWN`] more at most.
+    pub async fn run<T>(
+        &self,
+        pool: &PgPool,
+        work: impl for<'c> FnOnce(&'c mut PgConnection) -> BoxFuture<'c, sqlx::Result<T>>,
+    ) -> Result<T, Interrupted> {
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let acquire = tokio::time::timeout_at(deadline, pool.acquire());
+        let mut conn = tokio::select! {
+            _ = self.shutdown.cancelled() => return Err(Interrupted::ShuttingDown),
+            acquired = acquire => acquired.map_err(|_| Interrupted::NoAnswer(self.limit))??,
+        };
+        let answered = {
+            let work = work(&mut conn);
+            tokio::pin!(work);
+            let before_shutdown = tokio::select! {
+                done = tokio::time::timeout_at(deadline, &mut work) => Some(done),
+                _ = self.shutdown.cancelled() => None,
+            };
+            match before_shutdown {
+                Some(done) => done.map_err(|_| Interrupted::NoAnswer(self.limit)),
+                None => {
+                    let last = deadline.min(tokio::time::Instant::now() + AT_SHUTDOWN);
+                    tokio::time::timeout_at(last, &mut work)
+                        .await
+                        .map_err(|_| Interrupted::ShuttingDown)
+                }
+            }
+        };
+        match answered {
+            Ok(result) => Ok(result?),
+            Err(stopped) => {
+                conn.close_on_drop();
+                Err(stopped)
+            }
+        }
+    }
 }

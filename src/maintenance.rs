@@ -4,13 +4,17 @@
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
+
+use crate::db;
 
 const BATCH: i64 = 1000;
 const EVERY: Duration = Duration::from_secs(3600);
 
 /// Purges one batch; returns how many deliveries were deleted.
-pub async fn purge_once(pool: &PgPool, retention_days: u32) -> sqlx::Result<u64> {
+pub async fn purge_once<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    retention_days: u32,
+) -> sqlx::Result<u64> {
     let done = sqlx::query!(
         r#"
         DELETE FROM webhook_deliveries
@@ -26,12 +30,13 @@ pub async fn purge_once(pool: &PgPool, retention_days: u32) -> sqlx::Result<u64>
         retention_days as i32,
         BATCH,
     )
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(done.rows_affected())
 }
 
-pub async fn run(pool: PgPool, retention_days: u32, shutdown: CancellationToken) {
+pub async fn run(pool: PgPool, retention_days: u32, bounds: db::Bounds) {
+    let shutdown = bounds.shutdown.clone();
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tokio::select! {
@@ -39,7 +44,10 @@ pub async fn run(pool: PgPool, retention_days: u32, shutdown: CancellationToken)
             _ = tick.tick() => {}
         }
         loop {
-            match purge_once(&pool, retention_days).await {
+            let purged = bounds.run(&pool, move |conn| {
+                Box::pin(purge_once(conn, retention_days))
+            });
+            match purged.await {
                 Ok(n) if n == BATCH as u64 && !shutdown.is_cancelled() => continue,
                 Ok(n) => {
                     if n > 0 {
@@ -47,6 +55,7 @@ pub async fn run(pool: PgPool, retention_days: u32, shutdown: CancellationToken)
                     }
                     break;
                 }
+                Err(db::Interrupted::ShuttingDown) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "retention purge failed");
                     break;

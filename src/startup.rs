@@ -23,7 +23,7 @@ use crate::delivery::{Deliverer, completer};
 use crate::fanout::FanoutContext;
 use crate::metrics::Metrics;
 use crate::wakeup::Wakeups;
-use crate::{fanout, maintenance, wakeup};
+use crate::{db, fanout, maintenance, wakeup};
 
 /// Extra time, beyond one request timeout, that shutdown allows in-flight
 /// sends to finish and be recorded.
@@ -61,6 +61,10 @@ impl Application {
         let port = listener.local_addr()?.port();
         let server = HttpServer::new(move || {
             App::new()
+                // Innermost: a panicking handler still gets an answer, logged.
+                .wrap(actix_web::middleware::from_fn(
+                    api::catch_panic::catch_panic,
+                ))
                 .wrap(actix_web::middleware::from_fn(api::access_log::log))
                 .app_data(state.clone())
                 .configure(api::configure)
@@ -104,7 +108,8 @@ impl Application {
             poll,
             metrics: self.metrics.clone(),
         };
-        tracker.spawn(fanout::run(fanout, shutdown.clone()));
+        let bounds = db::Bounds::new(self.config.statement_timeout(), shutdown.clone());
+        tracker.spawn(fanout::run(fanout, bounds.clone()));
         let (completed, finished) = completer::channel();
         tracker.spawn(completer::run(
             self.pool.clone(),
@@ -128,7 +133,7 @@ impl Application {
             self.metrics.clone(),
             completed,
         );
-        tracker.spawn(worker.run(shutdown.clone()));
+        tracker.spawn(worker.run(bounds.clone()));
         let metrics = self.metrics.clone();
         let pool = self.pool.clone();
         let every = poll.clamp(Duration::from_millis(250), Duration::from_secs(5));
@@ -137,7 +142,7 @@ impl Application {
         tracker.spawn(maintenance::run(
             self.pool.clone(),
             self.config.webhook_retention_days,
-            shutdown.clone(),
+            bounds,
         ));
         tracker.close();
 

@@ -537,6 +537,53 @@ async fn every_connection_cut_under_load_loses_nothing_and_sends_nothing_twice(p
 }
 
 #[sqlx::test]
+async fn connections_that_go_silent_for_good_are_given_up_and_delivery_resumes_on_new_ones(
+    pool: PgPool,
+) {
+    let (proxy, receiver, service) = behind_proxy(&pool, &[]).await;
+    publish_many(&pool, 20, "before-").await;
+    wait_all_succeeded(&pool, 20, Duration::from_secs(20)).await;
+    // Hold the worker's next claim inside Postgres, so it is certainly in
+    // flight on a connection when that connection goes silent.
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE webhook_deliveries IN EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let waited = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "no claim waited on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.strand();
+    locker.commit().await.unwrap();
+    let stranded_at = Instant::now();
+    publish_many(&pool, 50, "after-").await;
+    wait_all_succeeded(&pool, 70, Duration::from_secs(60)).await;
+    println!(
+        "every open connection silent for good → delivering again after {:?}",
+        stranded_at.elapsed()
+    );
+    wait_health(&service, 200, Duration::from_secs(45)).await;
+    let (ids, duplicates) = ids_and_duplicates(&receiver);
+    assert_eq!(ids.len(), 70);
+    assert_eq!(duplicates, 0);
+}
+
+#[sqlx::test]
 async fn sigterm_with_the_database_frozen_exits_within_the_timeout_and_a_few_seconds(pool: PgPool) {
     let (proxy, receiver, service) = behind_proxy(&pool, &[("WEBHOOK_LEASE_MS", "3000")]).await;
     publish_many(&pool, 20, "frozen-term-").await;

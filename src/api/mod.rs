@@ -2,6 +2,7 @@
 //! types → entry point or store → JSON. `configure` is the only route table,
 //! shared by `startup` and the tests.
 pub mod access_log;
+pub mod catch_panic;
 pub mod dashboard;
 pub mod deliveries;
 pub mod error;

@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore, mpsc};
-use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
 use super::Deliverer;
+use crate::db;
 use crate::metrics::Metrics;
 use crate::queue::{self, Finished, fairness};
 
@@ -101,7 +101,7 @@ impl Worker {
     }
 
     /// Claims one batch sized to the free permits and spawns the sends.
-    pub async fn run_once(&self) -> sqlx::Result<WorkOutcome> {
+    pub async fn run_once(&self, bounds: &db::Bounds) -> Result<WorkOutcome, db::Interrupted> {
         let free = self
             .permits
             .available_permits()
@@ -118,7 +118,13 @@ impl Worker {
             self.permits.available_permits(),
             &self.in_flight.lock().unwrap().per_webhook,
         );
-        let claimed = queue::store::claim(&self.pool, free as i64, lease_ms, &rooms).await?;
+        let claimed = bounds
+            .run(&self.pool, move |conn| {
+                Box::pin(
+                    async move { queue::store::claim(conn, free as i64, lease_ms, &rooms).await },
+                )
+            })
+            .await?;
         let taken = claimed.len();
         for delivery in claimed {
             // This loop is the only acquirer, so the permits counted above are still free.
@@ -164,7 +170,9 @@ impl Worker {
         })
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// Claims until `bounds.shutdown`; each claim is bounded by `bounds`.
+    pub async fn run(self, bounds: db::Bounds) {
+        let shutdown = bounds.shutdown.clone();
         let mut tick = tokio::time::interval(self.config.poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let low_water = (self.config.batch.min(self.config.concurrency) as usize / 2).max(1);
@@ -191,7 +199,7 @@ impl Worker {
                         _ = tokio::time::sleep(Duration::from_millis(1)) => {}
                     }
                 }
-                let claimed = self.run_once().await;
+                let claimed = self.run_once(&bounds).await;
                 if claimed.is_ok() {
                     self.metrics.pipeline.claimed();
                 }
@@ -201,6 +209,7 @@ impl Worker {
                         at_share = outcome.at_share;
                         break;
                     }
+                    Err(db::Interrupted::ShuttingDown) => break 'outer,
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming deliveries failed; retrying at the next poll");
                         break;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use tokio_util::sync::CancellationToken;
 
+use crate::db;
 use crate::metrics::Metrics;
 
 /// Events claimed per transaction by the sweep.
@@ -31,9 +31,14 @@ pub async fn dispatch_event(
     store::dispatch(conn, 1, Some(event_id)).await
 }
 
-pub async fn run_once(pool: &PgPool) -> sqlx::Result<FanoutOutcome> {
-    let mut conn = pool.acquire().await?;
-    let (events, deliveries) = store::dispatch(&mut conn, BATCH, None).await?;
+/// One sweep of up to `BATCH` events, bounded by `bounds`.
+pub async fn run_once(
+    pool: &PgPool,
+    bounds: &db::Bounds,
+) -> Result<FanoutOutcome, db::Interrupted> {
+    let (events, deliveries) = bounds
+        .run(pool, |conn| Box::pin(store::dispatch(conn, BATCH, None)))
+        .await?;
     Ok(if events == 0 {
         FanoutOutcome::Idle
     } else {
@@ -51,7 +56,8 @@ pub struct FanoutContext {
 }
 
 /// Sweeps on start, on every wake-up and every `poll` as a fallback.
-pub async fn run(ctx: FanoutContext, shutdown: CancellationToken) {
+pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
+    let shutdown = bounds.shutdown.clone();
     let FanoutContext {
         pool,
         wake,
@@ -63,7 +69,7 @@ pub async fn run(ctx: FanoutContext, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         loop {
-            match run_once(&pool).await {
+            match run_once(&pool, &bounds).await {
                 Ok(FanoutOutcome::Dispatched { events, deliveries }) => {
                     tracing::debug!(events, deliveries, "fanned out");
                     metrics.events_dispatched.increment(events as u64);
@@ -77,6 +83,7 @@ pub async fn run(ctx: FanoutContext, shutdown: CancellationToken) {
                     }
                 }
                 Ok(FanoutOutcome::Idle) => break,
+                Err(db::Interrupted::ShuttingDown) => return,
                 Err(e) => {
                     tracing::warn!(error = %e, "fan-out failed; retrying at the next wake-up");
                     break;

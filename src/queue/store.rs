@@ -13,7 +13,7 @@ use super::{Attempt, Claimed, Delivery, Finished, NextState};
 /// are applied by `webhook_claim` in the database, where every instance sees
 /// them. Pending deliveries of an inactive webhook are marked `failed`.
 pub async fn claim(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     batch: i64,
     lease_ms: i64,
     rooms: &Rooms,
@@ -33,7 +33,7 @@ pub async fn claim(
         &busy_room,
         rooms.newcomer,
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }
 
@@ -43,7 +43,7 @@ pub async fn claim_due(pool: &PgPool, batch: i64, lease_ms: i64) -> sqlx::Result
         busy: vec![],
         newcomer: batch.clamp(0, i32::MAX as i64) as i32,
     };
-    claim(pool, batch, lease_ms, &rooms).await
+    claim(&mut *pool.acquire().await?, batch, lease_ms, &rooms).await
 }
 
 /// Inserts a delivery already claimed by the caller (the `/test` endpoint),

@@ -527,6 +527,59 @@ async fn a_window_beyond_what_a_clock_can_hold_is_a_400_not_a_dropped_connection
     assert_eq!(app.health_status().await, 200, "the service survived");
 }
 
+#[tokio::test]
+async fn a_handler_that_panics_answers_500_and_the_connection_lives_on() {
+    use actix_web::{App, HttpServer, middleware::from_fn, web};
+    // The service's own middleware around a route that panics, as a bug would.
+    let server = HttpServer::new(|| {
+        App::new()
+            .wrap(from_fn(smartdrop_webhooks::api::catch_panic::catch_panic))
+            .route(
+                "/bug",
+                web::get().to(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("a bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .route("/fine", web::get().to(|| async { "fine" }))
+    })
+    .workers(1)
+    .disable_signals()
+    .bind("127.0.0.1:0")
+    .unwrap();
+    let addr = server.addrs()[0];
+    let handle = server.run();
+    tokio::spawn(handle);
+    // One keep-alive connection for every request.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let bug = client
+            .get(format!("http://{addr}/bug"))
+            .send()
+            .await
+            .expect("an answer, not a dropped connection");
+        assert_eq!(bug.status(), 500);
+        let body: Value = bug.json().await.unwrap();
+        assert_eq!(body["error"], "internal_error", "{body}");
+        assert_eq!(
+            body["message"], "internal error",
+            "the panic is not shown: {body}"
+        );
+        let fine = client
+            .get(format!("http://{addr}/fine"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fine.text().await.unwrap(), "fine");
+    }
+}
+
 #[sqlx::test]
 async fn values_postgres_cannot_store_are_a_400_not_a_500(pool: PgPool) {
     // Found by schemathesis: NUL characters, and a multi-byte window unit.
