@@ -403,7 +403,7 @@ async fn drain(
                 next: NextState::Success,
             })
             .collect();
-        completion::complete(pool, &finished, &breaker).await?;
+        completion::complete(&mut *pool.acquire().await?, &finished, &breaker).await?;
     }
 }
 

@@ -69,9 +69,7 @@ async fn record_patiently(
     loop {
         // Each try is bounded too: a database that stops answering (frozen,
         // black-holed) must not hold shutdown past its patience.
-        let left = give_up.saturating_duration_since(Instant::now());
-        let attempt = tokio::time::timeout(left, super::record(pool, metrics, breaker, batch));
-        let Ok(result) = attempt.await else {
+        let Some(result) = record_by(pool, metrics, breaker, batch, give_up).await else {
             tracing::error!(
                 attempts = batch.len(),
                 "gave up recording attempts: the database did not answer in time; those deliveries are sent again when their leases expire"
@@ -86,10 +84,15 @@ async fn record_patiently(
             Err(e) if is_row_error(&e) && batch.len() > 1 => {
                 tracing::warn!(error = %e, attempts = batch.len(), "recording a batch failed on a row; recording one by one");
                 for one in batch {
-                    if let Err(e) =
-                        super::record(pool, metrics, breaker, std::slice::from_ref(one)).await
-                    {
-                        tracing::error!(delivery = %one.id, error = %e, "could not record an attempt; the delivery is sent again when its lease expires");
+                    let alone = std::slice::from_ref(one);
+                    match record_by(pool, metrics, breaker, alone, give_up).await {
+                        Some(Ok(())) => {}
+                        Some(Err(e)) => {
+                            tracing::error!(delivery = %one.id, error = %e, "could not record an attempt; the delivery is sent again when its lease expires")
+                        }
+                        None => {
+                            tracing::error!(delivery = %one.id, "could not record an attempt in time; the delivery is sent again when its lease expires")
+                        }
                     }
                 }
                 return;
@@ -105,4 +108,29 @@ async fn record_patiently(
             }
         }
     }
+}
+
+/// One try at recording, `deadline` included the wait for a connection;
+/// `None` if the database did not answer by then. That connection is closed,
+/// not returned to the pool: it is mid-protocol, and the pool's check on
+/// return would wait on a silent socket for good.
+async fn record_by(
+    pool: &PgPool,
+    metrics: &Metrics,
+    breaker: &BreakerConfig,
+    batch: &[Finished],
+    deadline: Instant,
+) -> Option<sqlx::Result<()>> {
+    let deadline = tokio::time::Instant::from_std(deadline);
+    let mut conn = match tokio::time::timeout_at(deadline, pool.acquire()).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Some(Err(e)),
+        Err(_) => return None,
+    };
+    let recorded =
+        tokio::time::timeout_at(deadline, super::record(&mut conn, metrics, breaker, batch)).await;
+    if recorded.is_err() {
+        conn.close_on_drop();
+    }
+    recorded.ok()
 }

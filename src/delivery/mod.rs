@@ -55,7 +55,8 @@ impl Deliverer {
     /// delivery is sent again); a receiver's failure is recorded data, `Ok`.
     pub async fn deliver(&self, claimed: Claimed) -> anyhow::Result<()> {
         let finished = self.attempt(&claimed).await;
-        record(&self.pool, &self.metrics, &self.breaker, &[finished]).await?;
+        let mut conn = self.pool.acquire().await?;
+        record(&mut conn, &self.metrics, &self.breaker, &[finished]).await?;
         Ok(())
     }
 
@@ -120,12 +121,12 @@ impl Deliverer {
 /// a `410 Gone` or a circuit open too long disables the webhook. An attempt
 /// whose lease was lost is not recorded: another worker owns the delivery.
 pub async fn record(
-    pool: &PgPool,
+    conn: &mut sqlx::PgConnection,
     metrics: &Metrics,
     breaker: &BreakerConfig,
     batch: &[Finished],
 ) -> sqlx::Result<()> {
-    let done = completion::complete(pool, batch, breaker).await?;
+    let done = completion::complete(conn, batch, breaker).await?;
     for f in batch {
         if !done.recorded.contains(&f.id) {
             tracing::warn!(delivery = %f.id, "lease lost before the attempt was recorded; another worker owns this delivery");
@@ -151,7 +152,7 @@ pub async fn record(
     }
     disable.extend(done.gone.into_iter().map(|w| (w, DisableReason::Gone)));
     for (webhook, reason) in disable {
-        if webhooks::disable(pool, &webhook, reason, breaker).await? {
+        if webhooks::disable(&mut *conn, &webhook, reason, breaker).await? {
             metrics.disabled(reason.kind());
         }
     }

@@ -14,7 +14,7 @@
 use std::collections::HashSet;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 
 use super::breaker::{self, BreakerConfig, Change};
 use super::endpoints::{self, Update};
@@ -31,11 +31,11 @@ pub struct Completed {
 }
 
 pub async fn complete(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     batch: &[Finished],
     config: &BreakerConfig,
 ) -> sqlx::Result<Completed> {
-    let recorded = store::finish_many(pool, batch).await?;
+    let recorded = store::finish_many(conn, batch).await?;
     let mut done = Completed {
         recorded: recorded.iter().map(|r| r.id.clone()).collect(),
         ..Completed::default()
@@ -56,7 +56,7 @@ pub async fn complete(
     if webhook_ids.is_empty() {
         return Ok(done);
     }
-    let mut tx = pool.begin().await?;
+    let mut tx = conn.begin().await?;
     let locked = endpoints::lock(&mut tx, &webhook_ids).await?;
     let now = Utc::now();
     let mut updates = vec![];

@@ -140,7 +140,10 @@ pub async fn claim_failed(
 /// Records many attempts in one statement: each row's new state and its
 /// attempt row, fenced on its lease. Rows whose lease was lost are skipped.
 /// Called by `completion::complete`.
-pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Result<Vec<Recorded>> {
+pub(super) async fn finish_many(
+    conn: &mut sqlx::PgConnection,
+    batch: &[Finished],
+) -> sqlx::Result<Vec<Recorded>> {
     let mut ids = Vec::with_capacity(batch.len());
     let mut tokens = Vec::with_capacity(batch.len());
     let mut statuses = Vec::with_capacity(batch.len());
@@ -224,7 +227,7 @@ pub(super) async fn finish_many(pool: &PgPool, batch: &[Finished]) -> sqlx::Resu
         &kinds as &[Option<String>],
         &excerpts as &[Option<String>],
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     Ok(done
         .into_iter()

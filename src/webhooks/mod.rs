@@ -171,14 +171,14 @@ pub async fn update(
 /// pending becomes `failed` (the dead letter, retryable by hand once it is
 /// re-enabled). Returns false when it was already inactive (another instance
 /// got there first), so the change is logged and counted once.
-pub async fn disable(
-    pool: &PgPool,
+pub async fn disable<'e>(
+    db: impl sqlx::PgExecutor<'e>,
     id: &str,
     reason: DisableReason,
     breaker: &BreakerConfig,
 ) -> sqlx::Result<bool> {
     let sentence = reason.sentence(breaker);
-    let failed = store::disable(pool, id, &sentence).await?;
+    let failed = store::disable(db, id, &sentence).await?;
     if let Some(failed) = failed {
         tracing::warn!(webhook = %id, reason = reason.kind(), failed_pending = failed, "webhook disabled: {sentence}");
     }

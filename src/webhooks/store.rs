@@ -192,7 +192,11 @@ pub async fn rotate_secret(
 /// Sets `active` false with the reason and fails what is pending and not in
 /// flight. `None` when the webhook was not active; otherwise how many
 /// deliveries became `failed`.
-pub async fn disable(pool: &PgPool, id: &str, reason: &str) -> sqlx::Result<Option<i64>> {
+pub async fn disable<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    id: &str,
+    reason: &str,
+) -> sqlx::Result<Option<i64>> {
     let row = sqlx::query!(
         r#"
         WITH off AS (
@@ -213,7 +217,7 @@ pub async fn disable(pool: &PgPool, id: &str, reason: &str) -> sqlx::Result<Opti
         id,
         reason,
     )
-    .fetch_one(pool)
+    .fetch_one(db)
     .await?;
     Ok((row.off == 1).then_some(row.failed))
 }

@@ -46,7 +46,10 @@ async fn finish(pool: &PgPool, claimed: &Claimed, next: NextState) -> bool {
         attempt: attempt(),
         next,
     };
-    let done = completion::complete(pool, &[one], &breaker).await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    let done = completion::complete(&mut conn, &[one], &breaker)
+        .await
+        .unwrap();
     done.recorded.contains(&claimed.id)
 }
 
