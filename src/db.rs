@@ -58,6 +58,14 @@ pub fn with_statement_timeout(options: PgConnectOptions, timeout: Duration) -> P
     options.options([("statement_timeout", format!("{}ms", timeout.as_millis()))])
 }
 
+/// Postgres refused a value (class 22) or a constraint (class 23): the same
+/// rows will fail again, but other rows written with them may be fine.
+pub fn is_row_error(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
+}
+
 /// Beyond `statement_timeout`, how long a pipeline loop waits for an answer
 /// before it counts the connection as dead. Postgres cancels a slow statement
 /// itself; past this margin the server (or the network to it) is not answering.

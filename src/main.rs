@@ -19,10 +19,15 @@ async fn main() -> ExitCode {
         Command::Serve => serve(cli.config).await,
         Command::Migrate => db::prepare(&cli.config.database_url).await,
         Command::Publish {
-            event_type,
-            json,
+            file: Some(file), ..
+        } => publish_file(&cli.config, &file).await,
+        Command::Publish {
+            event_type: Some(event_type),
+            json: Some(json),
             event_id,
+            ..
         } => publish(&cli.config, &event_type, &json, event_id).await,
+        Command::Publish { .. } => unreachable!("clap requires a type and data, or --file"),
         Command::Openapi => {
             println!("{}", api::openapi::document());
             Ok(())
@@ -65,4 +70,72 @@ async fn publish(
     let event_id = intake::publish(&mut conn, event_type, &data, event_id.as_deref(), None).await?;
     println!("{event_id}");
     Ok(())
+}
+
+/// Publishes NDJSON events in batches through the intake's group-commit
+/// path. Stops at the first invalid line, naming it; the batches before it
+/// are written (their event_ids printed), the one holding it is not.
+async fn publish_file(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let input: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if file == std::path::Path::new("-") {
+        Box::new(tokio::io::stdin())
+    } else {
+        Box::new(
+            tokio::fs::File::open(file)
+                .await
+                .with_context(|| format!("opening {}", file.display()))?,
+        )
+    };
+    let pool =
+        db::connect_with_timeout(&config.database_url, 1, Some(config.statement_timeout())).await?;
+    let publisher = intake::Publisher::start(
+        pool,
+        1,
+        config.statement_timeout() + db::NO_ANSWER_MARGIN,
+        std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),
+    );
+    let mut lines = BufReader::new(input).lines();
+    let mut stdout = tokio::io::stdout();
+    let (mut batch, mut numbers) = (Vec::new(), Vec::new());
+    let mut line_no = 0usize;
+    let mut published = 0usize;
+    loop {
+        let line = lines.next_line().await.context("reading the events")?;
+        if let Some(line) = &line {
+            line_no += 1;
+            if !line.trim().is_empty() {
+                let event: api::events::PublishEvent =
+                    serde_json::from_str(line).with_context(|| {
+                        format!("line {line_no}: not an event ({published} published before it)")
+                    })?;
+                batch.push(event.into_new());
+                numbers.push(line_no);
+            }
+        }
+        if batch.len() == intake::MAX_BATCH || (line.is_none() && !batch.is_empty()) {
+            let accepted = publisher
+                .publish(std::mem::take(&mut batch))
+                .await
+                .map_err(|e| match e {
+                    intake::Refused::Invalid { index, error } => anyhow::anyhow!(
+                        "line {}: {error} ({published} published before its batch)",
+                        numbers[index]
+                    ),
+                    e => anyhow::Error::new(e)
+                        .context(format!("{published} published before the failing batch")),
+                })?;
+            numbers.clear();
+            let mut out = String::new();
+            for a in &accepted {
+                out.push_str(&a.event_id);
+                out.push('\n');
+            }
+            stdout.write_all(out.as_bytes()).await?;
+            published += accepted.len();
+        }
+        if line.is_none() {
+            stdout.flush().await?;
+            return Ok(());
+        }
+    }
 }

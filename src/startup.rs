@@ -21,9 +21,14 @@ use crate::delivery::sender::Sender;
 use crate::delivery::worker::{Worker, WorkerConfig};
 use crate::delivery::{Deliverer, completer};
 use crate::fanout::FanoutContext;
+use crate::intake::Publisher;
 use crate::metrics::Metrics;
 use crate::wakeup::Wakeups;
 use crate::{db, fanout, maintenance, wakeup};
+
+/// Tasks committing the HTTP intake's groups, each on its own connection:
+/// two, so one group is written while the next gathers behind the other.
+pub const INTAKE_COMMITTERS: usize = 2;
 
 /// Extra time, beyond one request timeout, that shutdown allows in-flight
 /// sends to finish and be recorded.
@@ -209,6 +214,21 @@ pub fn api_state(
         config.breaker(),
         metrics.clone(),
     );
+    // The HTTP intake's group commits, on connections of their own: a burst
+    // of producers neither waits for nor holds the management API's pool.
+    let intake_pool = PgPoolOptions::new()
+        .max_connections(INTAKE_COMMITTERS as u32)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(crate::db::with_statement_timeout(
+            (*pipeline_pool.connect_options()).clone(),
+            config.statement_timeout(),
+        ));
+    let publisher = Publisher::start(
+        intake_pool,
+        INTAKE_COMMITTERS,
+        config.statement_timeout() + crate::db::NO_ANSWER_MARGIN,
+        metrics.clone(),
+    );
     let health_pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(Duration::from_secs(2))
@@ -219,6 +239,7 @@ pub fn api_state(
     Ok(web::Data::new(ApiState {
         pool,
         health_pool,
+        publisher,
         deliverer,
         metrics,
         admin_key: AdminKey::new(admin_key),

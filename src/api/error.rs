@@ -78,6 +78,23 @@ impl From<InvalidField> for ApiError {
     }
 }
 
+/// A stage's database work that did not finish: nothing was acknowledged,
+/// so the client may send the request again.
+impl From<crate::db::Interrupted> for ApiError {
+    fn from(e: crate::db::Interrupted) -> Self {
+        use crate::db::Interrupted;
+        match e {
+            Interrupted::Database(e) => e.into(),
+            Interrupted::NoAnswer(_) => {
+                Self::Unavailable("the database did not answer in time; retry later".into())
+            }
+            Interrupted::ShuttingDown => {
+                Self::Unavailable("the service is shutting down; retry later".into())
+            }
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         // SQLSTATE class 22 (data exception): Postgres refused a value the

@@ -6,9 +6,8 @@ use serde_json::value::RawValue;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::extract::ApiJson;
-use crate::fanout;
-use crate::intake::{self, IntakeError};
+use super::extract::{ApiJson, MAX_BATCH_BODY_BYTES};
+use crate::intake::{self, Accepted, IntakeError, NewEvent, Refused};
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -47,6 +46,59 @@ pub struct EventTypes {
     pub data: Vec<EventType>,
 }
 
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishBatch {
+    /// 1 to 1,000 events, written all or nothing.
+    #[schema(min_items = 1, max_items = 1000)]
+    pub events: Vec<PublishEvent>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PublishedBatch {
+    /// One result per event, in request order.
+    pub events: Vec<Published>,
+}
+
+impl PublishEvent {
+    pub fn into_new(self) -> NewEvent {
+        NewEvent {
+            event_type: self.event,
+            event_id: self.event_id,
+            occurred_at: self.occurred_at,
+            data: self.data,
+        }
+    }
+}
+
+/// A refused request as an API error. `field` prefixes the field names
+/// (`events[3].` for a batch); `types` are the request's event types, to
+/// name the unknown one.
+fn refused(e: Refused, field: impl Fn(usize) -> String, types: &[String]) -> ApiError {
+    let (index, error) = match e {
+        Refused::Invalid { index, error } => (index, error),
+        Refused::Database(e) => return e.into(),
+    };
+    let at = field(index);
+    ApiError::Validation(match error {
+        IntakeError::UnknownType(_) => format!(
+            "{at}event: unknown event type `{}` (see GET /api/v1/event-types)",
+            types[index].replace('\0', "\\u0000")
+        ),
+        IntakeError::InvalidEventId => format!("{at}event_id: must be 1 to 255 characters"),
+        IntakeError::UnstorableData(_) => format!("{at}{}", IntakeError::Nul("data")),
+        IntakeError::Nul(_) => format!("{at}{error}"),
+        IntakeError::Database(e) => match e.as_database_error() {
+            Some(db) => format!(
+                "{}a value could not be stored: {}",
+                at.replace('.', ": "),
+                db.message()
+            ),
+            None => return ApiError::Unexpected(e.into()),
+        },
+    })
+}
+
 #[utoipa::path(post, path = "/api/v1/events", operation_id = "publishEvent", tag = "events", request_body = PublishEvent,
     responses((status = 202, body = Published), (status = 400, body = super::error::ErrorBody)),
     security(("bearer" = [])))]
@@ -54,44 +106,58 @@ pub async fn publish(
     state: web::Data<ApiState>,
     body: ApiJson<PublishEvent>,
 ) -> Result<HttpResponse, ApiError> {
-    let body = body.0;
-    // Publish and fan out in one transaction: the same path as the indexer's
-    // SQL, with the count of deliveries known before we answer.
-    let mut tx = state.pool.begin().await?;
-    let event_id = intake::publish(
-        &mut tx,
-        &body.event,
-        &body.data,
-        body.event_id.as_deref(),
-        body.occurred_at,
-    )
-    .await
-    .map_err(|e| match e {
-        IntakeError::UnknownType(_) => ApiError::Validation(format!(
-            "event: unknown event type `{}` (see GET /api/v1/event-types)",
-            body.event
-        )),
-        IntakeError::InvalidEventId => {
-            ApiError::Validation("event_id: must be 1 to 255 characters".into())
-        }
-        IntakeError::UnstorableData(_) => ApiError::Validation(
-            "data: must not contain the NUL character (\\u0000), which Postgres jsonb cannot store"
-                .into(),
-        ),
-        IntakeError::Database(e) => e.into(),
-    })?;
-    let (dispatched, deliveries) = fanout::dispatch_event(&mut tx, &event_id).await?;
-    tx.commit().await?;
+    // Written and fanned out in a transaction shared with concurrent
+    // requests (group commit), answered after its commit.
+    let types = [body.0.event.clone()];
+    let accepted = state
+        .publisher
+        .publish(vec![body.0.into_new()])
+        .await
+        .map_err(|e| refused(e, |_| String::new(), &types))?;
     state.metrics.events_published_http.increment(1);
-    // 0 when the event_id was already known (and fanned out before).
-    state.metrics.events_dispatched.increment(dispatched as u64);
-    state
-        .metrics
-        .deliveries_created
-        .increment(deliveries as u64);
+    let Accepted {
+        event_id,
+        deliveries,
+    } = accepted.into_iter().next().expect("one result per event");
     Ok(HttpResponse::Accepted().json(Published {
         event_id,
         deliveries,
+    }))
+}
+
+#[utoipa::path(post, path = "/api/v1/events/batch", operation_id = "publishEvents", tag = "events", request_body = PublishBatch,
+    responses((status = 202, body = PublishedBatch), (status = 400, body = super::error::ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn publish_batch(
+    state: web::Data<ApiState>,
+    body: ApiJson<PublishBatch, MAX_BATCH_BODY_BYTES>,
+) -> Result<HttpResponse, ApiError> {
+    let events = body.0.events;
+    if !(1..=intake::MAX_BATCH).contains(&events.len()) {
+        return Err(ApiError::Validation(format!(
+            "events: must hold 1 to {} events, not {}",
+            intake::MAX_BATCH,
+            events.len()
+        )));
+    }
+    let types: Vec<String> = events.iter().map(|e| e.event.clone()).collect();
+    let accepted = state
+        .publisher
+        .publish(events.into_iter().map(PublishEvent::into_new).collect())
+        .await
+        .map_err(|e| refused(e, |i| format!("events[{i}]."), &types))?;
+    state
+        .metrics
+        .events_published_http
+        .increment(accepted.len() as u64);
+    Ok(HttpResponse::Accepted().json(PublishedBatch {
+        events: accepted
+            .into_iter()
+            .map(|a| Published {
+                event_id: a.event_id,
+                deliveries: a.deliveries,
+            })
+            .collect(),
     }))
 }
 

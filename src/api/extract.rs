@@ -14,18 +14,22 @@ use super::error::ApiError;
 /// Request bodies larger than this are refused with 413.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
 
-/// A JSON body; type errors name the offending field (`events[1]: …`).
-pub struct ApiJson<T>(pub T);
+/// The batch intake's bound: 1,000 events of a few KiB each.
+pub const MAX_BATCH_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// A JSON body of at most `LIMIT` bytes; type errors name the offending
+/// field (`events[1]: …`).
+pub struct ApiJson<T, const LIMIT: usize = MAX_BODY_BYTES>(pub T);
 
 /// A JSON body that may be left out: an empty body is `T::default()`.
 pub struct OptionalJson<T>(pub T);
 
-impl<T: DeserializeOwned + 'static> FromRequest for ApiJson<T> {
+impl<T: DeserializeOwned + 'static, const LIMIT: usize> FromRequest for ApiJson<T, LIMIT> {
     type Error = ApiError;
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = read_json::<T>(req, payload);
+        let body = read_json::<T>(req, payload, LIMIT);
         Box::pin(async move {
             body.await?.map(ApiJson).ok_or_else(|| {
                 ApiError::InvalidJson("the request body must be a JSON object".into())
@@ -39,7 +43,7 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJson<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let body = read_json::<T>(req, payload);
+        let body = read_json::<T>(req, payload, MAX_BODY_BYTES);
         Box::pin(async move { Ok(OptionalJson(body.await?.unwrap_or_default())) })
     }
 }
@@ -48,6 +52,7 @@ impl<T: DeserializeOwned + Default + 'static> FromRequest for OptionalJson<T> {
 fn read_json<T: DeserializeOwned + 'static>(
     req: &HttpRequest,
     payload: &mut Payload,
+    limit: usize,
 ) -> Pin<Box<dyn Future<Output = Result<Option<T>, ApiError>>>> {
     let content_type = req
         .headers()
@@ -66,15 +71,15 @@ fn read_json<T: DeserializeOwned + 'static>(
         {
             return Err(ApiError::UnsupportedMediaType);
         }
-        if declared_len.is_some_and(|n| n > MAX_BODY_BYTES) {
-            return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+        if declared_len.is_some_and(|n| n > limit) {
+            return Err(ApiError::PayloadTooLarge(limit));
         }
         let mut body = web::BytesMut::new();
         while let Some(chunk) = payload.next().await {
             let chunk = chunk
                 .map_err(|e| ApiError::InvalidJson(format!("could not read the body: {e}")))?;
-            if body.len() + chunk.len() > MAX_BODY_BYTES {
-                return Err(ApiError::PayloadTooLarge(MAX_BODY_BYTES));
+            if body.len() + chunk.len() > limit {
+                return Err(ApiError::PayloadTooLarge(limit));
             }
             body.extend_from_slice(&chunk);
         }

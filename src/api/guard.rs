@@ -104,12 +104,13 @@ pub async fn guard(
         .app_data::<web::Data<ApiState>>()
         .expect("ApiState is registered")
         .clone();
-    // POST /webhooks/{id}/test has its own, tighter budget; POST /events, a
-    // producer's endpoint, its own larger one.
+    // POST /webhooks/{id}/test has its own, tighter budget; POST /events and
+    // /events/batch, a producer's endpoints, share their own larger one (a
+    // batch counts as one request: it is one transaction however many events).
     let post = req.method() == actix_web::http::Method::POST;
     let limiter = if post && req.path().ends_with("/test") {
         &state.limits.test
-    } else if post && req.path() == "/api/v1/events" {
+    } else if post && matches!(req.path(), "/api/v1/events" | "/api/v1/events/batch") {
         &state.limits.events
     } else {
         &state.limits.management

@@ -40,6 +40,8 @@ pub struct ApiState {
     /// One connection of its own for `/health`'s probe: requests holding
     /// every connection of `pool` must not turn the health check red.
     pub health_pool: PgPool,
+    /// The HTTP intake: events go through group commit, not `pool`.
+    pub publisher: crate::intake::Publisher,
     pub deliverer: Deliverer,
     pub metrics: Arc<Metrics>,
     pub admin_key: AdminKey,
@@ -83,6 +85,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 )
                 .route("/event-types", web::get().to(events::event_types))
                 .route("/events", web::post().to(events::publish))
+                .route("/events/batch", web::post().to(events::publish_batch))
                 .route("/stats", web::get().to(stats::all))
                 .route("/webhooks/{id}/stats", web::get().to(stats::one))
                 .default_service(web::to(extract::not_found)),

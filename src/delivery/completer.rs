@@ -47,14 +47,6 @@ pub async fn run(
     }
 }
 
-/// Postgres refused a value (class 22) or a constraint (class 23): retrying the
-/// same rows will not help, but the other rows of the batch may be fine.
-fn is_row_error(e: &sqlx::Error) -> bool {
-    e.as_database_error()
-        .and_then(|d| d.code())
-        .is_some_and(|c| c.starts_with("22") || c.starts_with("23"))
-}
-
 /// Retries while the leases can still be honoured, so a database blip does not
 /// turn into duplicate sends; one bad row is recorded apart from the rest.
 async fn record_patiently(
@@ -81,7 +73,7 @@ async fn record_patiently(
                 metrics.pipeline.recorded();
                 return;
             }
-            Err(e) if is_row_error(&e) && batch.len() > 1 => {
+            Err(e) if crate::db::is_row_error(&e) && batch.len() > 1 => {
                 tracing::warn!(error = %e, attempts = batch.len(), "recording a batch failed on a row; recording one by one");
                 for one in batch {
                     let alone = std::slice::from_ref(one);

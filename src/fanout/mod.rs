@@ -22,13 +22,15 @@ pub enum FanoutOutcome {
     Idle,
 }
 
-/// Fans out one specific event inside the caller's transaction (POST /events).
-/// Returns (events dispatched, deliveries created): (0, 0) if it was already dispatched.
-pub async fn dispatch_event(
+/// Fans out the named events inside the caller's transaction (the HTTP
+/// intake, which answers with the count). Returns each event fanned out here
+/// with its deliveries; one already dispatched (or being dispatched by a
+/// sweep) is not in the list.
+pub async fn dispatch_events(
     conn: &mut sqlx::PgConnection,
-    event_id: &str,
-) -> sqlx::Result<(i64, i64)> {
-    store::dispatch(conn, 1, Some(event_id)).await
+    event_ids: &[String],
+) -> sqlx::Result<Vec<(String, i64)>> {
+    store::dispatch_each(conn, event_ids.len() as i64, Some(event_ids)).await
 }
 
 /// One sweep of up to `BATCH` events, bounded by `bounds`.

@@ -1,14 +1,25 @@
 //! The fan-out statement: claim undispatched events, insert their deliveries,
 //! mark them dispatched, all in one statement (so one transaction).
 
-/// Fans out up to `batch` undispatched events (or just `only`). Returns
-/// (events dispatched, deliveries created).
+/// Fans out up to `batch` undispatched events (or only those named in
+/// `only`). Returns (events dispatched, deliveries created).
 pub async fn dispatch(
     conn: &mut sqlx::PgConnection,
     batch: i64,
-    only: Option<&str>,
+    only: Option<&[String]>,
 ) -> sqlx::Result<(i64, i64)> {
-    let row = sqlx::query!(
+    let each = dispatch_each(conn, batch, only).await?;
+    Ok((each.len() as i64, each.iter().map(|(_, n)| n).sum()))
+}
+
+/// As [`dispatch`], with each dispatched event's id and the deliveries it
+/// created (0 when no webhook subscribes to it).
+pub async fn dispatch_each(
+    conn: &mut sqlx::PgConnection,
+    batch: i64,
+    only: Option<&[String]>,
+) -> sqlx::Result<Vec<(String, i64)>> {
+    let rows = sqlx::query!(
         r#"
         WITH ev AS (
             -- webhook_events_undispatched_idx; FOR UPDATE SKIP LOCKED makes each
@@ -21,7 +32,7 @@ pub async fn dispatch(
                    || to_json(to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))::text
                    || ',"data":' || data::text || '}' AS body
             FROM webhook_events
-            WHERE dispatched_at IS NULL AND ($2::text IS NULL OR event_id = $2)
+            WHERE dispatched_at IS NULL AND ($2::text[] IS NULL OR event_id = ANY ($2))
             ORDER BY id
             LIMIT $1
             FOR UPDATE SKIP LOCKED
@@ -39,18 +50,23 @@ pub async fn dispatch(
                 OR EXISTS (SELECT 1 FROM unnest(w.events) AS p
                            WHERE right(p, 2) = '.*' AND starts_with(ev.event_type, left(p, -1)))
             )
-            RETURNING 1
+            RETURNING event_id
         ), marked AS (
             UPDATE webhook_events e SET dispatched_at = now()
             FROM ev WHERE e.id = ev.id
-            RETURNING 1
+            RETURNING e.event_id
         )
-        SELECT (SELECT count(*) FROM marked) AS "events!", (SELECT count(*) FROM fanned) AS "deliveries!"
+        SELECT m.event_id AS "event_id!", coalesce(f.n, 0) AS "deliveries!"
+        FROM marked m
+        LEFT JOIN (SELECT event_id, count(*) AS n FROM fanned GROUP BY event_id) f USING (event_id)
         "#,
         batch,
         only,
     )
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?;
-    Ok((row.events, row.deliveries))
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.event_id, r.deliveries))
+        .collect())
 }

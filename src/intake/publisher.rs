@@ -1,0 +1,302 @@
+//! Group commit. Requests hand their events to a few committer tasks; each
+//! takes whatever has queued up (no timer: while one group commits the next
+//! gathers, so one request alone waits for nobody) and writes the whole
+//! group in one transaction: type check, insert, fan-out, commit. Every
+//! request is answered after that commit, with its own results, and with
+//! nothing if the commit did not happen.
+//!
+//! One request's bad event must not fail the others: what can be checked
+//! without writing (field rules, unknown types) is checked first and refused
+//! alone. If the group's statement still fails on a value, each request is
+//! written again on its own, so the failure lands on the request that caused
+//! it, naming the event's index. A request is all or nothing either way.
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::{Mutex, mpsc, oneshot};
+use uuid::Uuid;
+
+use super::{Accepted, IntakeError, NewEvent, store};
+use crate::db::{self, Interrupted};
+use crate::fanout;
+use crate::metrics::Metrics;
+
+/// Most events one group transaction writes (a request is never split).
+const MAX_GROUP_EVENTS: usize = 2000;
+
+/// Why nothing of a request was written.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    /// The request's event at `index` is invalid.
+    #[error("events[{index}]: {error}")]
+    Invalid { index: usize, error: IntakeError },
+    /// The database failed or did not answer in time; the request may be
+    /// sent again (with its `event_id`s, it is then written once).
+    #[error(transparent)]
+    Database(#[from] Interrupted),
+}
+
+type Reply = oneshot::Sender<Result<Vec<Accepted>, Refused>>;
+
+struct Job {
+    events: Vec<NewEvent>,
+    reply: Reply,
+}
+
+impl Job {
+    fn answer(self, result: Result<Vec<Accepted>, Refused>) {
+        // The requester may have gone (client disconnected): nothing to do.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// The handle requests publish through; cheap to clone.
+#[derive(Clone)]
+pub struct Publisher {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl Publisher {
+    /// Starts `committers` tasks, each writing on a connection of `pool`;
+    /// each transaction is bounded by `limit` from this side (a database
+    /// that stops answering gets the requests a `503`, not a hang). The tasks
+    /// end when the last handle is dropped.
+    pub fn start(pool: PgPool, committers: usize, limit: Duration, metrics: Arc<Metrics>) -> Self {
+        let (jobs, queue) = mpsc::channel(1024);
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..committers.max(1) {
+            let committer = Committer {
+                pool: pool.clone(),
+                limit,
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(committer.run(queue.clone()));
+        }
+        Self { jobs }
+    }
+
+    /// Writes `events` all or nothing, in one transaction (shared with other
+    /// requests), and fans them out; answers after the commit, in order.
+    pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Accepted>, Refused> {
+        let (reply, answer) = oneshot::channel();
+        if self.jobs.send(Job { events, reply }).await.is_err() {
+            return Err(Interrupted::ShuttingDown.into());
+        }
+        // A committer that drops the job without an answer (it cannot, short
+        // of a panic) leaves the request unacknowledged, as a crash would.
+        answer
+            .await
+            .unwrap_or(Err(Interrupted::ShuttingDown.into()))
+    }
+}
+
+struct Committer {
+    pool: PgPool,
+    limit: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Committer {
+    async fn run(self, queue: Arc<Mutex<mpsc::Receiver<Job>>>) {
+        loop {
+            let group = {
+                let mut queue = queue.lock().await;
+                let Some(first) = queue.recv().await else {
+                    return;
+                };
+                let mut events = first.events.len();
+                let mut group = vec![first];
+                while events < MAX_GROUP_EVENTS {
+                    let Ok(next) = queue.try_recv() else { break };
+                    events += next.events.len();
+                    group.push(next);
+                }
+                group
+            };
+            self.commit(group).await;
+        }
+    }
+
+    async fn commit(&self, group: Vec<Job>) {
+        // Field rules first: a job with a bad event is answered alone.
+        let mut jobs = Vec::with_capacity(group.len());
+        for mut job in group {
+            for event in &mut job.events {
+                if event.event_id.is_none() {
+                    event.event_id = Some(format!("evt_{}", Uuid::new_v4().simple()));
+                }
+            }
+            match job.events.iter().position(|e| e.check().is_err()) {
+                Some(index) => {
+                    let error = job.events[index].check().unwrap_err();
+                    job.answer(Err(Refused::Invalid { index, error }));
+                }
+                None => jobs.push(job),
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.limit;
+        let mut conn = match tokio::time::timeout_at(deadline, self.pool.acquire()).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
+            Err(_) => return answer_all(jobs, &Interrupted::NoAnswer(self.limit)),
+        };
+        // Unknown types: refused alone, before anything is written.
+        let types: Vec<String> = jobs
+            .iter()
+            .flat_map(|j| j.events.iter().map(|e| e.event_type.clone()))
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
+        let known = tokio::time::timeout_at(deadline, store::known_types(&mut conn, &types));
+        let known: HashSet<String> = match known.await {
+            Ok(Ok(known)) => known.into_iter().collect(),
+            Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
+            Err(_) => {
+                conn.close_on_drop();
+                return answer_all(jobs, &Interrupted::NoAnswer(self.limit));
+            }
+        };
+        let mut ready = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job
+                .events
+                .iter()
+                .position(|e| !known.contains(&e.event_type))
+            {
+                Some(index) => {
+                    let error = IntakeError::UnknownType(job.events[index].event_type.clone());
+                    job.answer(Err(Refused::Invalid { index, error }));
+                }
+                None => ready.push(job),
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let events: Vec<&NewEvent> = ready.iter().flat_map(|j| j.events.iter()).collect();
+        let written = tokio::time::timeout_at(deadline, write(&mut conn, &events)).await;
+        drop(events);
+        match written {
+            Ok(Ok(fanned)) => self.answer_written(ready, fanned),
+            Ok(Err(e)) if db::is_row_error(&e) => {
+                // A value Postgres refused: write each job on its own so the
+                // failure reaches only the job that sent it.
+                let mut jobs = ready.into_iter();
+                while let Some(job) = jobs.next() {
+                    let alone =
+                        tokio::time::timeout(self.limit, write_alone(&mut conn, &job.events));
+                    match alone.await {
+                        Ok(Ok(fanned)) => self.answer_written(vec![job], fanned),
+                        Ok(Err(refused)) => job.answer(Err(refused)),
+                        Err(_) => {
+                            conn.close_on_drop();
+                            let rest: Vec<Job> = std::iter::once(job).chain(jobs).collect();
+                            return answer_all(rest, &Interrupted::NoAnswer(self.limit));
+                        }
+                    }
+                }
+            }
+            Ok(Err(e)) => answer_all(ready, &Interrupted::Database(e)),
+            Err(_) => {
+                // Committed or not, nobody is told it was: the producer sends
+                // again, and its event_ids make that write once.
+                conn.close_on_drop();
+                answer_all(ready, &Interrupted::NoAnswer(self.limit));
+            }
+        }
+    }
+
+    /// Answers each job with its events' ids and deliveries. An event_id
+    /// repeated in the group counts its deliveries once, for the first.
+    fn answer_written(&self, jobs: Vec<Job>, fanned: Vec<(String, i64)>) {
+        self.metrics
+            .events_dispatched
+            .increment(fanned.len() as u64);
+        let mut deliveries: HashMap<String, i64> = fanned.into_iter().collect();
+        for job in jobs {
+            let accepted: Vec<Accepted> = job
+                .events
+                .iter()
+                .map(|e| {
+                    let event_id = e.event_id.clone().unwrap_or_default();
+                    let n = deliveries.remove(&event_id).unwrap_or(0);
+                    Accepted {
+                        event_id,
+                        deliveries: n,
+                    }
+                })
+                .collect();
+            let created: i64 = accepted.iter().map(|a| a.deliveries).sum();
+            self.metrics.deliveries_created.increment(created as u64);
+            job.answer(Ok(accepted));
+        }
+    }
+}
+
+fn answer_all(jobs: Vec<Job>, e: &Interrupted) {
+    for job in jobs {
+        let again = match e {
+            Interrupted::NoAnswer(limit) => Interrupted::NoAnswer(*limit),
+            Interrupted::ShuttingDown => Interrupted::ShuttingDown,
+            // sqlx errors do not clone; each request gets the message.
+            Interrupted::Database(e) => Interrupted::Database(sqlx::Error::Protocol(e.to_string())),
+        };
+        job.answer(Err(again.into()));
+    }
+}
+
+/// Insert, fan out and commit `events` in one transaction.
+async fn write(conn: &mut PgConnection, events: &[&NewEvent]) -> sqlx::Result<Vec<(String, i64)>> {
+    let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
+    let ids: Vec<String> = events
+        .iter()
+        .map(|e| e.event_id.clone().unwrap_or_default())
+        .collect();
+    let data: Vec<&str> = events.iter().map(|e| e.data.get()).collect();
+    let occurred: Vec<_> = events.iter().map(|e| e.occurred_at).collect();
+    let mut tx = conn.begin().await?;
+    store::insert(&mut tx, &types, &ids, &data, &occurred).await?;
+    let mut distinct = ids;
+    distinct.sort();
+    distinct.dedup();
+    let fanned = fanout::dispatch_events(&mut tx, &distinct).await?;
+    tx.commit().await?;
+    Ok(fanned)
+}
+
+/// One job on its own, event by event through `webhook_publish`, so a
+/// value Postgres refuses is pinned to its index. All or nothing.
+async fn write_alone(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<Vec<(String, i64)>, Refused> {
+    let mut tx = conn.begin().await.map_err(Interrupted::Database)?;
+    let mut ids = Vec::with_capacity(events.len());
+    for (index, e) in events.iter().enumerate() {
+        let id = super::publish(
+            &mut tx,
+            &e.event_type,
+            &e.data,
+            e.event_id.as_deref(),
+            e.occurred_at,
+        )
+        .await
+        .map_err(|error| match error {
+            IntakeError::Database(e) if !db::is_row_error(&e) => Interrupted::Database(e).into(),
+            error => Refused::Invalid { index, error },
+        })?;
+        ids.push(id);
+    }
+    ids.sort();
+    ids.dedup();
+    let fanned = fanout::dispatch_events(&mut tx, &ids)
+        .await
+        .map_err(Interrupted::Database)?;
+    tx.commit().await.map_err(Interrupted::Database)?;
+    Ok(fanned)
+}
