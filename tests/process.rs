@@ -388,6 +388,124 @@ async fn the_publish_subcommand_goes_through_the_same_intake(pool: PgPool) {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown event type"));
 }
 
+#[sqlx::test]
+async fn a_crash_before_the_group_commits_acknowledges_nothing_and_writes_nothing(pool: PgPool) {
+    let service = Service::start(&pool, &[]).await;
+    // Hold the intake's write inside Postgres, then kill the service there.
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE webhook_events IN EXCLUSIVE MODE")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let request = helpers::http_client()
+        .post(format!("{}/api/v1/events", service.base))
+        .bearer_auth(KEY)
+        .json(&json!({"event": "pool.created", "event_id": "in-flight", "data": {}}))
+        .send();
+    let request = tokio::spawn(request);
+    let waited = Instant::now();
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "the write never waited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    service.kill_9();
+    let answer = request.await.unwrap();
+    assert!(answer.is_err(), "acknowledged: {answer:?}");
+    held.commit().await.unwrap();
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 0, "the event was not half-written");
+}
+
+#[sqlx::test]
+async fn publish_reads_ndjson_from_a_file_or_stdin_in_batches(pool: PgPool) {
+    use std::io::Write;
+    let receiver = Receiver::start().await;
+    let service = Service::start(&pool, &[]).await;
+    service.create_webhook(&receiver.url).await;
+    let mut lines = String::new();
+    for i in 0..2500 {
+        lines.push_str(&format!(
+            "{{\"event\":\"pool.created\",\"event_id\":\"nd-{i}\",\"data\":{{\"amount\":123456789012345678901234567890,\"i\":{i}}}}}\n"
+        ));
+        if i == 10 {
+            lines.push('\n');
+        }
+    }
+    let file = std::env::temp_dir().join(format!("events-{}.ndjson", std::process::id()));
+    std::fs::write(&file, &lines).unwrap();
+    let out = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .args(["publish", "--file"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    std::fs::remove_file(&file).unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(ids.len(), 2500);
+    assert_eq!(ids[0], "nd-0");
+    assert_eq!(ids[2499], "nd-2499");
+    receiver.wait_for(2500, Duration::from_secs(30)).await;
+    let body = String::from_utf8(receiver.received()[0].body.clone()).unwrap();
+    assert!(body.contains("123456789012345678901234567890"), "{body}");
+
+    // stdin; a bad line stops it, naming the line; the batch holding it is
+    // not written.
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .args(["publish", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(
+            b"{\"event\":\"pool.created\",\"event_id\":\"in-1\",\"data\":{}}\n\
+              {\"event\":\"pool.exploded\",\"event_id\":\"in-2\",\"data\":{}}\n",
+        )
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2: unknown event type"), "{stderr}");
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM webhook_events WHERE event_id IN ('in-1', 'in-2')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, 0);
+}
+
 #[test]
 fn help_never_prints_secrets_from_the_environment() {
     let out = Command::new(BIN)

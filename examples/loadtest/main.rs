@@ -1,7 +1,9 @@
 //! The load-test harness: `cargo run --release --example loadtest -- <scenario>`
 //! with scenario one of throughput, fanout, wide, steady, backlog, failing,
 //! slow-neighbour, reporting, isolation (throughput, slow-neighbour, failing),
-//! all, or smoke (a few seconds of each, for CI).
+//! http-intake (http-1, http-32: one event per POST /events on 1 and 32
+//! keep-alive connections; http-batch: batches of 500 on 4), all, or smoke
+//! (a few seconds of each, for CI).
 //!
 //! `LOADTEST_BASELINE_BIN=/path/to/an/older/smartdrop-webhooks` runs the
 //! throughput and isolation scenarios with that binary too, first, in the
@@ -13,6 +15,7 @@
 //! per scenario. Every rate is also given as a ratio to the ceiling: the same
 //! receiver driven by a plain keep-alive client with the same body size and
 //! concurrency, measured in the same run.
+mod intake;
 mod isolation;
 mod receiver;
 mod scenarios;
@@ -189,17 +192,26 @@ async fn main() -> anyhow::Result<()> {
             "failing",
             "slow-neighbour",
             "reporting",
+            "http-32",
+            "http-batch",
         ],
         "isolation" => vec!["throughput", "slow-neighbour", "failing"],
+        "http-intake" => vec!["http-1", "http-32", "http-batch"],
         one => vec![one],
     };
     let baseline = std::env::var("LOADTEST_BASELINE_BIN").ok();
     let mut reports = vec![];
     for name in names {
-        if let Some(old) = baseline
-            .as_ref()
-            .filter(|_| ["throughput", "slow-neighbour", "failing"].contains(&name))
-        {
+        if let Some(old) = baseline.as_ref().filter(|_| {
+            [
+                "throughput",
+                "slow-neighbour",
+                "failing",
+                "http-1",
+                "http-32",
+            ]
+            .contains(&name)
+        }) {
             let current = std::mem::replace(&mut ctx.bin, old.clone());
             let mut report = scenarios::run(&mut ctx, name).await?;
             ctx.bin = current;

@@ -199,6 +199,9 @@ pub async fn run(ctx: &mut Ctx, name: &str) -> anyhow::Result<Report> {
         "failing" => crate::isolation::failing(ctx).await,
         "slow-neighbour" => crate::isolation::slow_neighbour(ctx).await,
         "reporting" => reporting(ctx).await,
+        "http-1" => crate::intake::http_intake(ctx, name, 1, 0).await,
+        "http-32" => crate::intake::http_intake(ctx, name, 32, 0).await,
+        "http-batch" => crate::intake::http_intake(ctx, name, 4, 500).await,
         other => anyhow::bail!("unknown scenario {other}"),
     }
 }

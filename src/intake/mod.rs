@@ -38,9 +38,10 @@ impl NewEvent {
     /// before it can fail a transaction shared with other requests.
     pub fn check(&self) -> Result<(), IntakeError> {
         if self.event_type.contains('\0') {
-            return Err(IntakeError::UnknownType(
-                self.event_type.replace('\0', "\\u0000"),
-            ));
+            return Err(IntakeError::UnknownType(format!(
+                "unknown event type \"{}\"",
+                self.event_type.replace('\0', "\\u0000")
+            )));
         }
         if let Some(id) = &self.event_id {
             if !(1..=255).contains(&id.chars().count()) {
@@ -73,7 +74,7 @@ fn escapes_nul(json: &str) -> bool {
 
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
-    /// The type, or Postgres's message naming it.
+    /// `unknown event type "<type>"`, as the publishing trigger says it.
     #[error("{0}")]
     UnknownType(String),
     #[error("event_id must be 1 to 255 characters")]

@@ -169,7 +169,11 @@ impl Committer {
                 .position(|e| !known.contains(&e.event_type))
             {
                 Some(index) => {
-                    let error = IntakeError::UnknownType(job.events[index].event_type.clone());
+                    // Worded as the publishing trigger words it.
+                    let error = IntakeError::UnknownType(format!(
+                        "unknown event type \"{}\"",
+                        job.events[index].event_type
+                    ));
                     job.answer(Err(Refused::Invalid { index, error }));
                 }
                 None => ready.push(job),

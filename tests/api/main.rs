@@ -2,6 +2,7 @@
 //! test) and real HTTP receivers on loopback.
 mod contract;
 mod delivery;
+mod group_commit;
 mod helpers;
 mod intake;
 mod isolation;

@@ -1,0 +1,380 @@
+//! The HTTP intake's group commit and the batch endpoint: concurrent
+//! requests share transactions and each gets its own answer, one bad event
+//! fails alone, a batch is all or nothing.
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::PgPool;
+
+use crate::helpers::{Receiver, TestApp};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn answer(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn count(pool: &PgPool, sql: &str) -> i64 {
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Holds the intake's writes in Postgres (a lock on `webhook_events`) until
+/// both committers wait on it, so the requests sent meanwhile queue up and
+/// are written as groups once `release` is called.
+struct Held(sqlx::Transaction<'static, sqlx::Postgres>);
+
+impl Held {
+    async fn start(pool: &PgPool) -> Self {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE webhook_events IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        Self(tx)
+    }
+
+    async fn until_waiting(&self, pool: &PgPool, n: i64) {
+        let started = Instant::now();
+        while count(
+            pool,
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+            < n
+        {
+            assert!(started.elapsed() < WAIT, "fewer than {n} writers waited");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn release(self) {
+        self.0.commit().await.unwrap();
+    }
+}
+
+/// A request in flight of its own (not borrowing the app), to spawn.
+fn send(app: &TestApp, path: &str, body: &Value) -> tokio::task::JoinHandle<(u16, Value)> {
+    let request = app
+        .client
+        .post(app.url(path))
+        .bearer_auth(crate::helpers::KEY)
+        .json(body)
+        .send();
+    tokio::spawn(async move { answer(request.await.unwrap()).await })
+}
+
+fn event(id: &str) -> Value {
+    json!({"event": "pool.created", "event_id": id, "data": {"id": id}})
+}
+
+/// Sends `bodies` to `path` concurrently while the writers are held, so
+/// they gather into groups; returns the answers in the order of `bodies`.
+async fn grouped(app: &TestApp, path: &str, bodies: Vec<Value>) -> Vec<(u16, Value)> {
+    let held = Held::start(&app.pool).await;
+    // Two requests occupy the two committers, which wait on the lock...
+    let first: Vec<_> = (0..2)
+        .map(|i| send(app, "/api/v1/events", &event(&format!("opener-{i}"))))
+        .collect();
+    held.until_waiting(&app.pool, 2).await;
+    // ...so these queue behind them and are written as groups after.
+    let requests: Vec<_> = bodies.iter().map(|body| send(app, path, body)).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.release().await;
+    for opener in first {
+        assert_eq!(opener.await.unwrap().0, 202);
+    }
+    let mut answers = vec![];
+    for r in requests {
+        answers.push(r.await.unwrap());
+    }
+    answers
+}
+
+#[sqlx::test]
+async fn concurrent_requests_share_transactions_and_each_gets_its_own_result(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["pool.*"]).await;
+    app.create_webhook(&receiver.url, &["pool.created"]).await;
+    let bodies = (0..40).map(|i| event(&format!("g-{i}"))).collect();
+    let answers = grouped(&app, "/api/v1/events", bodies).await;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        assert_eq!(*status, 202, "{body}");
+        assert_eq!(body["event_id"], format!("g-{i}"));
+        assert_eq!(body["deliveries"], 2, "{body}");
+    }
+    // Events written by one transaction share its xmin.
+    let transactions = count(
+        &app.pool,
+        "SELECT count(DISTINCT xmin::text) FROM webhook_events WHERE event_id LIKE 'g-%'",
+    )
+    .await;
+    assert!(
+        transactions <= 4,
+        "40 requests took {transactions} transactions"
+    );
+    receiver.wait_for(84, WAIT).await;
+    receiver
+        .assert_stays_at(84, Duration::from_millis(300))
+        .await;
+}
+
+#[sqlx::test]
+async fn one_bad_event_in_a_group_fails_alone(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    let mut bodies: Vec<Value> = (0..10).map(|i| event(&format!("ok-{i}"))).collect();
+    // Refused before writing: an unknown type, a long event_id, a NUL.
+    bodies.insert(
+        2,
+        json!({"event": "pool.exploded", "event_id": "bad-type", "data": {}}),
+    );
+    bodies.insert(
+        4,
+        json!({"event": "pool.created", "event_id": "x".repeat(256), "data": {}}),
+    );
+    bodies.insert(
+        6,
+        json!({"event": "pool.created", "event_id": "bad-nul", "data": {"s": "a\u{0}b"}}),
+    );
+    // Refused by Postgres itself, inside the shared transaction: a number
+    // beyond what `numeric` holds. Valid JSON, so only the write finds it.
+    let overflow =
+        r#"{"event": "pool.created", "event_id": "bad-number", "data": {"n": 1e1000000}}"#;
+    bodies.insert(
+        8,
+        serde_json::from_str::<Value>(r#"{"placeholder": true}"#).unwrap(),
+    );
+    let mut answers = vec![];
+    let held = Held::start(&app.pool).await;
+    let openers: Vec<_> = (0..2)
+        .map(|i| send(&app, "/api/v1/events", &event(&format!("opener-{i}"))))
+        .collect();
+    held.until_waiting(&app.pool, 2).await;
+    let mut requests = vec![];
+    for body in bodies {
+        let request = if body.get("placeholder").is_some() {
+            app.client
+                .post(app.url("/api/v1/events"))
+                .bearer_auth(crate::helpers::KEY)
+                .header("content-type", "application/json")
+                .body(overflow)
+                .send()
+        } else {
+            app.client
+                .post(app.url("/api/v1/events"))
+                .bearer_auth(crate::helpers::KEY)
+                .json(&body)
+                .send()
+        };
+        requests.push(tokio::spawn(
+            async move { answer(request.await.unwrap()).await },
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    held.release().await;
+    for r in requests {
+        answers.push(r.await.unwrap());
+    }
+    for opener in openers {
+        assert_eq!(opener.await.unwrap().0, 202);
+    }
+    let bad = |i: usize, needle: &str| {
+        let (status, body) = &answers[i];
+        assert_eq!(*status, 400, "request {i}: {body}");
+        let message = body["message"].as_str().unwrap();
+        assert!(message.contains(needle), "request {i}: {message}");
+    };
+    bad(2, "event: unknown event type `pool.exploded`");
+    bad(4, "event_id: must be 1 to 255 characters");
+    bad(6, "data: must not contain the NUL character");
+    bad(8, "a value could not be stored");
+    let good: Vec<&(u16, Value)> = answers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| ![2, 4, 6, 8].contains(i))
+        .map(|(_, a)| a)
+        .collect();
+    assert_eq!(good.len(), 10);
+    for (status, body) in good {
+        assert_eq!(*status, 202, "{body}");
+        assert_eq!(body["deliveries"], 1, "{body}");
+    }
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM webhook_events WHERE event_id LIKE 'bad-%'"
+        )
+        .await,
+        0
+    );
+    receiver.wait_for(12, WAIT).await;
+}
+
+fn batch(ids: &[&str]) -> Value {
+    json!({"events": ids.iter().map(|id| event(id)).collect::<Vec<_>>()})
+}
+
+#[sqlx::test]
+async fn a_batch_is_written_all_or_nothing_and_answers_in_request_order(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["pool.created"]).await;
+    let mut body = batch(&["b-0", "b-1", "b-2", "b-3"]);
+    body["events"][3]["event"] = json!("pool.exploded");
+    let (status, error) = answer(app.post("/api/v1/events/batch", body.clone()).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error["message"],
+        "events[3].event: unknown event type `pool.exploded` (see GET /api/v1/event-types)"
+    );
+    body["events"][3]["event"] = json!("pool.created");
+    body["events"][1]["data"] = json!({"s": "\u{0}"});
+    let (status, error) = answer(app.post("/api/v1/events/batch", body.clone()).await).await;
+    assert_eq!(status, 400);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1].data: must not contain the NUL character"),
+        "{error}"
+    );
+    // Refused by Postgres in the write itself: still nothing of it stored.
+    let overflow = r#"{"events": [
+        {"event": "pool.created", "event_id": "b-0", "data": {}},
+        {"event": "pool.created", "event_id": "b-1", "data": {"n": 1e1000000}}]}"#;
+    let response = app
+        .client
+        .post(app.url("/api/v1/events/batch"))
+        .bearer_auth(crate::helpers::KEY)
+        .header("content-type", "application/json")
+        .body(overflow)
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = answer(response).await;
+    assert_eq!(status, 400);
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("events[1]: a value could not be stored"),
+        "{error}"
+    );
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM webhook_events").await,
+        0
+    );
+
+    // A generated id for the one without, the others as given, in order.
+    let mut body = batch(&["b-0", "b-1", "b-2"]);
+    body["events"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("event_id");
+    body["events"][2]["event"] = json!("price.alert");
+    let (status, published) = answer(app.post("/api/v1/events/batch", body.clone()).await).await;
+    assert_eq!(status, 202, "{published}");
+    let results = published["events"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0], json!({"event_id": "b-0", "deliveries": 1}));
+    assert!(results[1]["event_id"].as_str().unwrap().starts_with("evt_"));
+    assert_eq!(results[1]["deliveries"], 1);
+    assert_eq!(
+        results[2],
+        json!({"event_id": "b-2", "deliveries": 0}),
+        "no subscriber"
+    );
+    receiver.wait_for(2, WAIT).await;
+
+    // Idempotent per event_id: the same batch again writes nothing more.
+    body["events"][1]["event_id"] = results[1]["event_id"].clone();
+    let (status, again) = answer(app.post("/api/v1/events/batch", body).await).await;
+    assert_eq!(status, 202);
+    for (i, r) in again["events"].as_array().unwrap().iter().enumerate() {
+        assert_eq!(r["event_id"], results[i]["event_id"]);
+        assert_eq!(r["deliveries"], 0);
+    }
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM webhook_events").await,
+        3
+    );
+    receiver
+        .assert_stays_at(2, Duration::from_millis(300))
+        .await;
+}
+
+#[sqlx::test]
+async fn a_batch_outside_its_bounds_is_a_400_or_a_413(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    let (status, error) = answer(
+        app.post("/api/v1/events/batch", json!({"events": []}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error["message"],
+        "events: must hold 1 to 1000 events, not 0"
+    );
+    let ids: Vec<String> = (0..1001).map(|i| format!("e-{i}")).collect();
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (status, error) = answer(app.post("/api/v1/events/batch", batch(&ids)).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(
+        error["message"],
+        "events: must hold 1 to 1000 events, not 1001"
+    );
+    let (status, _) = answer(app.post("/api/v1/events/batch", batch(&ids[..1000])).await).await;
+    assert_eq!(status, 202);
+    let (status, error) = answer(
+        app.post("/api/v1/events/batch", json!({"events": [], "extra": 1}))
+            .await,
+    )
+    .await;
+    assert_eq!(status, 400, "{error}");
+    let big = "x".repeat(9 * 1024 * 1024);
+    let (status, _) = answer(
+        app.post(
+            "/api/v1/events/batch",
+            json!({"events": [{"event": "pool.created", "data": {"s": big}}]}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(status, 413);
+}
+
+#[sqlx::test]
+async fn the_same_event_id_twice_in_one_group_is_written_once(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    app.create_webhook(&receiver.url, &["*"]).await;
+    let bodies = [event("twice"), event("twice"), batch(&["twice", "once"])];
+    let answers = grouped(&app, "/api/v1/events", bodies[..2].to_vec()).await;
+    let created: i64 = answers
+        .iter()
+        .map(|(status, body)| {
+            assert_eq!(*status, 202, "{body}");
+            assert_eq!(body["event_id"], "twice");
+            body["deliveries"].as_i64().unwrap()
+        })
+        .sum();
+    assert_eq!(created, 1, "counted once: {answers:?}");
+    let (status, body) = answer(app.post("/api/v1/events/batch", bodies[2].clone()).await).await;
+    assert_eq!(status, 202);
+    assert_eq!(
+        body["events"],
+        json!([{"event_id": "twice", "deliveries": 0}, {"event_id": "once", "deliveries": 1}])
+    );
+    receiver.wait_for(4, WAIT).await;
+    receiver
+        .assert_stays_at(4, Duration::from_millis(300))
+        .await;
+}
