@@ -86,8 +86,17 @@ async fn publish_file(config: &Config, file: &std::path::Path) -> anyhow::Result
                 .with_context(|| format!("opening {}", file.display()))?,
         )
     };
-    let pool =
-        db::connect_with_timeout(&config.database_url, 1, Some(config.statement_timeout())).await?;
+    let options = std::str::FromStr::from_str(&config.database_url)
+        .context("DATABASE_URL is not a valid Postgres URL")?;
+    let options = intake::connect_options(db::with_statement_timeout(
+        options,
+        config.statement_timeout(),
+    ));
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await
+        .context("could not connect to Postgres (DATABASE_URL)")?;
     let publisher = intake::Publisher::start(
         pool,
         1,

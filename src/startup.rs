@@ -219,9 +219,11 @@ pub fn api_state(
     let intake_pool = PgPoolOptions::new()
         .max_connections(INTAKE_COMMITTERS as u32)
         .acquire_timeout(Duration::from_secs(5))
-        .connect_lazy_with(crate::db::with_statement_timeout(
-            (*pipeline_pool.connect_options()).clone(),
-            config.statement_timeout(),
+        .connect_lazy_with(crate::intake::connect_options(
+            crate::db::with_statement_timeout(
+                (*pipeline_pool.connect_options()).clone(),
+                config.statement_timeout(),
+            ),
         ));
     let publisher = Publisher::start(
         intake_pool,

@@ -66,9 +66,11 @@ impl Publisher {
     pub fn start(pool: PgPool, committers: usize, limit: Duration, metrics: Arc<Metrics>) -> Self {
         let (jobs, queue) = mpsc::channel(1024);
         let queue = Arc::new(Mutex::new(queue));
+        let known = Arc::default();
         for _ in 0..committers.max(1) {
             let committer = Committer {
                 pool: pool.clone(),
+                known: Arc::clone(&known),
                 limit,
                 metrics: metrics.clone(),
             };
@@ -94,6 +96,11 @@ impl Publisher {
 
 struct Committer {
     pool: PgPool,
+    /// Event types known to exist, shared by the committers. Types are never
+    /// deleted while events reference them; should one vanish anyway, the
+    /// foreign key refuses the write and the group falls back to writing
+    /// each request alone, where the refusal reaches the right request.
+    known: Arc<std::sync::Mutex<HashSet<String>>>,
     limit: Duration,
     metrics: Arc<Metrics>,
 }
@@ -145,22 +152,30 @@ impl Committer {
             Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
             Err(_) => return answer_all(jobs, &Interrupted::NoAnswer(self.limit)),
         };
-        // Unknown types: refused alone, before anything is written.
-        let types: Vec<String> = jobs
-            .iter()
-            .flat_map(|j| j.events.iter().map(|e| e.event_type.clone()))
-            .collect::<HashSet<_>>()
-            .into_iter()
-            .collect();
-        let known = tokio::time::timeout_at(deadline, store::known_types(&mut conn, &types));
-        let known: HashSet<String> = match known.await {
-            Ok(Ok(known)) => known.into_iter().collect(),
-            Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
-            Err(_) => {
-                conn.close_on_drop();
-                return answer_all(jobs, &Interrupted::NoAnswer(self.limit));
-            }
+        // Unknown types: refused alone, before anything is written. Types
+        // seen before are known (the database is asked about new ones only).
+        let unseen: Vec<String> = {
+            let known = self.known.lock().unwrap();
+            jobs.iter()
+                .flat_map(|j| j.events.iter().map(|e| &e.event_type))
+                .filter(|t| !known.contains(*t))
+                .cloned()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect()
         };
+        if !unseen.is_empty() {
+            let found = tokio::time::timeout_at(deadline, store::known_types(&mut conn, &unseen));
+            match found.await {
+                Ok(Ok(found)) => self.known.lock().unwrap().extend(found),
+                Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
+                Err(_) => {
+                    conn.close_on_drop();
+                    return answer_all(jobs, &Interrupted::NoAnswer(self.limit));
+                }
+            }
+        }
+        let known = self.known.lock().unwrap().clone();
         let mut ready = Vec::with_capacity(jobs.len());
         for job in jobs {
             match job

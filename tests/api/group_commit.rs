@@ -378,3 +378,47 @@ async fn the_same_event_id_twice_in_one_group_is_written_once(pool: PgPool) {
         .assert_stays_at(4, Duration::from_millis(300))
         .await;
 }
+
+#[sqlx::test]
+async fn a_type_removed_after_the_intake_saw_it_is_still_refused_alone(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    sqlx::query(
+        "INSERT INTO webhook_event_types (name, description) VALUES ('pool.fleeting', 'x')",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let fleeting = json!({"event": "pool.fleeting", "event_id": "f-1", "data": {}});
+    let (status, _) = answer(app.post("/api/v1/events", fleeting).await).await;
+    assert_eq!(status, 202);
+    // The intake now knows the type; remove it (and its event) behind its back.
+    for sql in [
+        "DELETE FROM webhook_events",
+        "DELETE FROM webhook_event_types WHERE name = 'pool.fleeting'",
+    ] {
+        sqlx::query(sql).execute(&app.pool).await.unwrap();
+    }
+    let answers = grouped(
+        &app,
+        "/api/v1/events",
+        vec![
+            json!({"event": "pool.fleeting", "event_id": "f-2", "data": {}}),
+            event("kept"),
+        ],
+    )
+    .await;
+    assert_eq!(answers[0].0, 400, "{:?}", answers[0]);
+    assert_eq!(
+        answers[0].1["message"],
+        "event: unknown event type `pool.fleeting` (see GET /api/v1/event-types)"
+    );
+    assert_eq!(answers[1].0, 202, "{:?}", answers[1]);
+    assert_eq!(
+        count(
+            &app.pool,
+            "SELECT count(*) FROM webhook_events WHERE event_id IN ('f-2', 'kept')"
+        )
+        .await,
+        1
+    );
+}
