@@ -51,7 +51,11 @@ impl Service {
             .env("ADMIN_API_KEY", KEY)
             .env("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
             .env("WEBHOOK_RATELIMIT_MAX", "100000000")
-            .env("LOG_LEVEL", "warn")
+            // LOADTEST_SERVICE_LOG: the service's log level (its stderr is shown).
+            .env(
+                "LOG_LEVEL",
+                std::env::var("LOADTEST_SERVICE_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
         for (k, v) in env {

@@ -22,24 +22,13 @@ pub enum FanoutOutcome {
     Idle,
 }
 
-/// Fans out the named events inside the caller's transaction (the HTTP
-/// intake, which answers with the count). Returns each event fanned out here
-/// with its deliveries; one already dispatched (or being dispatched by a
-/// sweep) is not in the list.
-pub async fn dispatch_events(
-    conn: &mut sqlx::PgConnection,
-    event_ids: &[String],
-) -> sqlx::Result<Vec<(String, i64)>> {
-    store::dispatch_each(conn, event_ids.len() as i64, Some(event_ids)).await
-}
-
 /// One sweep of up to `BATCH` events, bounded by `bounds`.
 pub async fn run_once(
     pool: &PgPool,
     bounds: &db::Bounds,
 ) -> Result<FanoutOutcome, db::Interrupted> {
     let (events, deliveries) = bounds
-        .run(pool, |conn| Box::pin(store::dispatch(conn, BATCH, None)))
+        .run(pool, |conn| Box::pin(store::dispatch(conn, BATCH)))
         .await?;
     Ok(if events == 0 {
         FanoutOutcome::Idle

@@ -20,7 +20,6 @@ use uuid::Uuid;
 
 use super::{Accepted, IntakeError, NewEvent, store};
 use crate::db::{self, Interrupted};
-use crate::fanout;
 use crate::metrics::Metrics;
 
 /// Most events one group transaction writes (a request is never split).
@@ -127,6 +126,21 @@ impl Committer {
     }
 
     async fn commit(&self, group: Vec<Job>) {
+        let started = std::time::Instant::now();
+        let (requests, events) = (
+            group.len(),
+            group.iter().map(|j| j.events.len()).sum::<usize>(),
+        );
+        self.write_group(group).await;
+        tracing::debug!(
+            requests,
+            events,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "intake group written"
+        );
+    }
+
+    async fn write_group(&self, group: Vec<Job>) {
         // Field rules first: a job with a bad event is answered alone.
         let mut jobs = Vec::with_capacity(group.len());
         for mut job in group {
@@ -269,7 +283,8 @@ fn answer_all(jobs: Vec<Job>, e: &Interrupted) {
     }
 }
 
-/// Insert, fan out and commit `events` in one transaction.
+/// Writes and fans out `events` in one statement: all or nothing, and
+/// committed when it returns (autocommit) unless `conn` is in a transaction.
 async fn write(conn: &mut PgConnection, events: &[&NewEvent]) -> sqlx::Result<Vec<(String, i64)>> {
     let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
     let ids: Vec<String> = events
@@ -278,44 +293,30 @@ async fn write(conn: &mut PgConnection, events: &[&NewEvent]) -> sqlx::Result<Ve
         .collect();
     let data: Vec<&str> = events.iter().map(|e| e.data.get()).collect();
     let occurred: Vec<_> = events.iter().map(|e| e.occurred_at).collect();
-    let mut tx = conn.begin().await?;
-    store::insert(&mut tx, &types, &ids, &data, &occurred).await?;
-    let mut distinct = ids;
-    distinct.sort();
-    distinct.dedup();
-    let fanned = fanout::dispatch_events(&mut tx, &distinct).await?;
-    tx.commit().await?;
-    Ok(fanned)
+    store::publish(conn, &types, &ids, &data, &occurred).await
 }
 
-/// One job on its own, event by event through `webhook_publish`, so a
-/// value Postgres refuses is pinned to its index. All or nothing.
+/// One job on its own, event by event in one transaction, so a value
+/// Postgres refuses is pinned to its index. All or nothing.
 async fn write_alone(
     conn: &mut PgConnection,
     events: &[NewEvent],
 ) -> Result<Vec<(String, i64)>, Refused> {
     let mut tx = conn.begin().await.map_err(Interrupted::Database)?;
-    let mut ids = Vec::with_capacity(events.len());
+    let mut fanned = Vec::with_capacity(events.len());
     for (index, e) in events.iter().enumerate() {
-        let id = super::publish(
-            &mut tx,
-            &e.event_type,
-            &e.data,
-            e.event_id.as_deref(),
-            e.occurred_at,
-        )
-        .await
-        .map_err(|error| match error {
-            IntakeError::Database(e) if !db::is_row_error(&e) => Interrupted::Database(e).into(),
-            error => Refused::Invalid { index, error },
+        let one = write(&mut tx, &[e]).await.map_err(|e| {
+            if db::is_row_error(&e) {
+                Refused::Invalid {
+                    index,
+                    error: IntakeError::from(e),
+                }
+            } else {
+                Interrupted::Database(e).into()
+            }
         })?;
-        ids.push(id);
+        fanned.extend(one);
     }
-    ids.sort();
-    ids.dedup();
-    let fanned = fanout::dispatch_events(&mut tx, &ids)
-        .await
-        .map_err(Interrupted::Database)?;
     tx.commit().await.map_err(Interrupted::Database)?;
     Ok(fanned)
 }

@@ -422,3 +422,68 @@ async fn a_type_removed_after_the_intake_saw_it_is_still_refused_alone(pool: PgP
         1
     );
 }
+
+#[sqlx::test]
+async fn a_repeat_of_an_event_still_waiting_for_the_sweep_is_fanned_out_and_counted(pool: PgPool) {
+    use smartdrop_webhooks::intake::{Accepted, NewEvent, Publisher};
+    // The publisher alone, no pipeline: nothing sweeps behind its back.
+    sqlx::query("INSERT INTO webhooks (url, events, secret) SELECT 'http://127.0.0.1:9/' || g, '{pool.*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw' FROM generate_series(1, 3) g")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT webhook_publish('pool.created', '{\"n\": 1}', 'waiting')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let publisher = Publisher::start(
+        pool.clone(),
+        1,
+        Duration::from_secs(10),
+        std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),
+    );
+    let event = |id: &str| NewEvent {
+        event_type: "pool.created".into(),
+        event_id: Some(id.into()),
+        occurred_at: None,
+        data: serde_json::value::RawValue::from_string(r#"{"n": 2}"#.into()).unwrap(),
+    };
+    let accepted = publisher
+        .publish(vec![event("waiting"), event("new")])
+        .await
+        .unwrap();
+    assert_eq!(
+        accepted,
+        [
+            Accepted {
+                event_id: "waiting".into(),
+                deliveries: 3
+            },
+            Accepted {
+                event_id: "new".into(),
+                deliveries: 3
+            },
+        ]
+    );
+    let again = publisher.publish(vec![event("waiting")]).await.unwrap();
+    assert_eq!(again[0].deliveries, 0, "fanned out once");
+    assert_eq!(
+        count(
+            &pool,
+            "SELECT count(*) FROM webhook_events WHERE dispatched_at IS NULL"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_deliveries").await,
+        6
+    );
+    // The first publish's data wins, as through SQL.
+    let body: String = sqlx::query_scalar(
+        "SELECT body FROM webhook_deliveries WHERE event_id = 'waiting' LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(body.ends_with(r#""data":{"n": 1}}"#), "{body}");
+}

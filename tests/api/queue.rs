@@ -19,7 +19,7 @@ async fn seed(pool: &PgPool, n: usize) {
             .unwrap();
     }
     let mut conn = pool.acquire().await.unwrap();
-    smartdrop_webhooks::fanout::store::dispatch(&mut conn, 1000, None)
+    smartdrop_webhooks::fanout::store::dispatch(&mut conn, 1000)
         .await
         .unwrap();
 }
@@ -111,10 +111,9 @@ async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
         let mut total = 0;
         let mut conn = pool.acquire().await.unwrap();
         loop {
-            let (events, deliveries) =
-                smartdrop_webhooks::fanout::store::dispatch(&mut conn, 7, None)
-                    .await
-                    .unwrap();
+            let (events, deliveries) = smartdrop_webhooks::fanout::store::dispatch(&mut conn, 7)
+                .await
+                .unwrap();
             if events == 0 {
                 return total;
             }
