@@ -141,22 +141,7 @@ impl Committer {
     }
 
     async fn write_group(&self, group: Vec<Job>) {
-        // Field rules first: a job with a bad event is answered alone.
-        let mut jobs = Vec::with_capacity(group.len());
-        for mut job in group {
-            for event in &mut job.events {
-                if event.event_id.is_none() {
-                    event.event_id = Some(format!("evt_{}", Uuid::new_v4().simple()));
-                }
-            }
-            match job.events.iter().position(|e| e.check().is_err()) {
-                Some(index) => {
-                    let error = job.events[index].check().unwrap_err();
-                    job.answer(Err(Refused::Invalid { index, error }));
-                }
-                None => jobs.push(job),
-            }
-        }
+        let jobs = refuse_invalid(group);
         if jobs.is_empty() {
             return;
         }
@@ -166,48 +151,16 @@ impl Committer {
             Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
             Err(_) => return answer_all(jobs, &Interrupted::NoAnswer(self.limit)),
         };
-        // Unknown types: refused alone, before anything is written. Types
-        // seen before are known (the database is asked about new ones only).
-        let unseen: Vec<String> = {
-            let known = self.known.lock().unwrap();
-            jobs.iter()
-                .flat_map(|j| j.events.iter().map(|e| &e.event_type))
-                .filter(|t| !known.contains(*t))
-                .cloned()
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect()
-        };
-        if !unseen.is_empty() {
-            let found = tokio::time::timeout_at(deadline, store::known_types(&mut conn, &unseen));
-            match found.await {
-                Ok(Ok(found)) => self.known.lock().unwrap().extend(found),
-                Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
-                Err(_) => {
-                    conn.close_on_drop();
-                    return answer_all(jobs, &Interrupted::NoAnswer(self.limit));
-                }
+        let learnt = tokio::time::timeout_at(deadline, self.learn_types(&mut conn, &jobs));
+        match learnt.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
+            Err(_) => {
+                conn.close_on_drop();
+                return answer_all(jobs, &Interrupted::NoAnswer(self.limit));
             }
         }
-        let known = self.known.lock().unwrap().clone();
-        let mut ready = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match job
-                .events
-                .iter()
-                .position(|e| !known.contains(&e.event_type))
-            {
-                Some(index) => {
-                    // Worded as the publishing trigger words it.
-                    let error = IntakeError::UnknownType(format!(
-                        "unknown event type \"{}\"",
-                        job.events[index].event_type
-                    ));
-                    job.answer(Err(Refused::Invalid { index, error }));
-                }
-                None => ready.push(job),
-            }
-        }
+        let ready = self.refuse_unknown_types(jobs);
         if ready.is_empty() {
             return;
         }
@@ -244,6 +197,50 @@ impl Committer {
         }
     }
 
+    /// Asks the database about the group's event types not seen before.
+    async fn learn_types(&self, conn: &mut PgConnection, jobs: &[Job]) -> sqlx::Result<()> {
+        let unseen: Vec<String> = {
+            let known = self.known.lock().unwrap();
+            jobs.iter()
+                .flat_map(|j| j.events.iter().map(|e| &e.event_type))
+                .filter(|t| !known.contains(*t))
+                .cloned()
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        if !unseen.is_empty() {
+            let found = store::known_types(conn, &unseen).await?;
+            self.known.lock().unwrap().extend(found);
+        }
+        Ok(())
+    }
+
+    /// Answers the jobs holding an unknown event type (before anything is
+    /// written, so they fail alone); returns the others.
+    fn refuse_unknown_types(&self, jobs: Vec<Job>) -> Vec<Job> {
+        let known = self.known.lock().unwrap();
+        let mut ready = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match job
+                .events
+                .iter()
+                .position(|e| !known.contains(&e.event_type))
+            {
+                Some(index) => {
+                    // Worded as the publishing trigger words it.
+                    let error = IntakeError::UnknownType(format!(
+                        "unknown event type \"{}\"",
+                        job.events[index].event_type
+                    ));
+                    job.answer(Err(Refused::Invalid { index, error }));
+                }
+                None => ready.push(job),
+            }
+        }
+        ready
+    }
+
     /// Answers each job with its events' ids and deliveries. An event_id
     /// repeated in the group counts its deliveries once, for the first.
     fn answer_written(&self, jobs: Vec<Job>, fanned: Vec<(String, i64)>) {
@@ -269,6 +266,29 @@ impl Committer {
             job.answer(Ok(accepted));
         }
     }
+}
+
+/// Gives every event its id and answers the jobs that break a field rule
+/// (alone, before anything is written); returns the others.
+fn refuse_invalid(group: Vec<Job>) -> Vec<Job> {
+    let mut jobs = Vec::with_capacity(group.len());
+    for mut job in group {
+        for event in &mut job.events {
+            if event.event_id.is_none() {
+                event.event_id = Some(format!("evt_{}", Uuid::new_v4().simple()));
+            }
+        }
+        let broken = job.events.iter().enumerate().find_map(|(index, e)| {
+            e.check()
+                .err()
+                .map(|error| Refused::Invalid { index, error })
+        });
+        match broken {
+            Some(refused) => job.answer(Err(refused)),
+            None => jobs.push(job),
+        }
+    }
+    jobs
 }
 
 fn answer_all(jobs: Vec<Job>, e: &Interrupted) {
