@@ -11,13 +11,14 @@ use serde_json::value::RawValue;
 
 pub use publisher::{Publisher, Refused};
 
-/// The options of a connection the publisher writes on: it checks event
-/// types itself, so the per-row trigger that does it for SQL producers is
-/// skipped (see migration 11; the foreign key still holds).
+/// The options of a connection the publisher writes on. It checks event
+/// types itself and fans out what it inserts in the same statement, so the
+/// per-row type trigger and the NOTIFY for the sweep are skipped for it
+/// (migration 11; the foreign key still holds).
 pub fn connect_options(
     options: sqlx::postgres::PgConnectOptions,
 ) -> sqlx::postgres::PgConnectOptions {
-    options.options([("smartdrop.types_checked", "on")])
+    options.options([("smartdrop.intake", "on")])
 }
 
 /// Most events in one request to the batch endpoint (and one CLI batch).
