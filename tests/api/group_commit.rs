@@ -487,3 +487,24 @@ async fn a_repeat_of_an_event_still_waiting_for_the_sweep_is_fanned_out_and_coun
     .unwrap();
     assert!(body.ends_with(r#""data":{"n": 1}}"#), "{body}");
 }
+
+#[sqlx::test]
+async fn producers_waiting_on_the_database_do_not_hold_the_management_api(pool: PgPool) {
+    let app = TestApp::spawn(pool).await;
+    // Every intake write waits on a lock; far more producers than the API's
+    // pool has connections are stuck behind it.
+    let held = Held::start(&app.pool).await;
+    let producers: Vec<_> = (0..20)
+        .map(|i| send(&app, "/api/v1/events", &event(&format!("stuck-{i}"))))
+        .collect();
+    held.until_waiting(&app.pool, 2).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // With the intake on the API's pool this waited for a connection and
+    // answered 503 after the pool's timeout.
+    let listed = app.get("/api/v1/webhooks").await;
+    assert_eq!(listed.status(), 200);
+    held.release().await;
+    for p in producers {
+        assert_eq!(p.await.unwrap().0, 202);
+    }
+}
