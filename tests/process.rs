@@ -403,24 +403,7 @@ async fn a_crash_before_the_group_commits_acknowledges_nothing_and_writes_nothin
         .json(&json!({"event": "pool.created", "event_id": "in-flight", "data": {}}))
         .send();
     let request = tokio::spawn(request);
-    let waited = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "the write never waited"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    helpers::wait_lock_waiters(&pool, 1).await;
     service.kill_9();
     let answer = request.await.unwrap();
     assert!(answer.is_err(), "acknowledged: {answer:?}");
@@ -668,24 +651,7 @@ async fn connections_that_go_silent_for_good_are_given_up_and_delivery_resumes_o
         .execute(&mut *locker)
         .await
         .unwrap();
-    let waited = Instant::now();
-    loop {
-        let waiting: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            waited.elapsed() < Duration::from_secs(10),
-            "no claim waited on the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    helpers::wait_lock_waiters(&pool, 1).await;
     proxy.strand();
     locker.commit().await.unwrap();
     let stranded_at = Instant::now();

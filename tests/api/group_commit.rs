@@ -1,25 +1,18 @@
 //! The HTTP intake's group commit and the batch endpoint: concurrent
 //! requests share transactions and each gets its own answer, one bad event
 //! fails alone, a batch is all or nothing.
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use sqlx::PgPool;
 
-use crate::helpers::{Receiver, TestApp};
+use crate::helpers::{Receiver, TestApp, count};
 
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn answer(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn count(pool: &PgPool, sql: &str) -> i64 {
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 /// Holds the intake's writes in Postgres (a lock on `webhook_events`) until
@@ -38,18 +31,7 @@ impl Held {
     }
 
     async fn until_waiting(&self, pool: &PgPool, n: i64) {
-        let started = Instant::now();
-        while count(
-            pool,
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND wait_event_type = 'Lock'",
-        )
-        .await
-            < n
-        {
-            assert!(started.elapsed() < WAIT, "fewer than {n} writers waited");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::helpers::wait_lock_waiters(pool, n).await;
     }
 
     async fn release(self) {

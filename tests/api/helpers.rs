@@ -18,6 +18,26 @@ pub const KEY: &str = "test-admin-key";
 
 /// reqwest is built with rustls and no default crypto provider (see Cargo.toml).
 /// The single number a SQL statement returns.
+/// Waits until at least `n` backends of this database wait on a lock (a
+/// statement the test holds inside Postgres), or panics after 10 s.
+pub async fn wait_lock_waiters(pool: &PgPool, n: i64) {
+    let started = Instant::now();
+    while count(
+        pool,
+        "SELECT count(*) FROM pg_stat_activity
+         WHERE datname = current_database() AND wait_event_type = 'Lock'",
+    )
+    .await
+        < n
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "fewer than {n} statements waited on a lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 pub async fn count(pool: &PgPool, sql: &'static str) -> i64 {
     sqlx::query_scalar(sql).fetch_one(pool).await.unwrap()
 }
