@@ -80,11 +80,13 @@ impl From<InvalidField> for ApiError {
 
 /// A stage's database work that did not finish: nothing was acknowledged,
 /// so the client may send the request again.
-impl From<crate::db::Interrupted> for ApiError {
-    fn from(e: crate::db::Interrupted) -> Self {
+impl From<&crate::db::Interrupted> for ApiError {
+    fn from(e: &crate::db::Interrupted) -> Self {
         use crate::db::Interrupted;
         match e {
-            Interrupted::Database(e) => e.into(),
+            Interrupted::Database(e) => {
+                Self::from_db(e).unwrap_or_else(|| Self::Unexpected(anyhow::anyhow!("{e}")))
+            }
             Interrupted::NoAnswer(_) => {
                 Self::Unavailable("the database did not answer in time; retry later".into())
             }
@@ -97,17 +99,29 @@ impl From<crate::db::Interrupted> for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
+        Self::from_db(&e).unwrap_or_else(|| Self::Unexpected(e.into()))
+    }
+}
+
+impl ApiError {
+    /// What a database error means to the client, unless it is unexpected.
+    fn from_db(e: &sqlx::Error) -> Option<Self> {
         // SQLSTATE class 22 (data exception): Postgres refused a value the
         // client sent, e.g. a NUL character in text or jsonb.
         if let Some(db) = e.as_database_error()
             && db.code().is_some_and(|c| c.starts_with("22"))
         {
-            return Self::Validation(format!("a value could not be stored: {}", db.message()));
+            return Some(Self::Validation(format!(
+                "a value could not be stored: {}",
+                db.message()
+            )));
         }
         // A foreign key that vanished under us: the webhook was deleted while
         // this request ran. The client can retry (and will then get a 404).
         if e.as_database_error().and_then(|d| d.code()).as_deref() == Some("23503") {
-            return Self::Conflict("the webhook was deleted while this request ran".into());
+            return Some(Self::Conflict(
+                "the webhook was deleted while this request ran".into(),
+            ));
         }
         // Classes that mean "try again": 08 connection exception, 40
         // transaction rollback (serialization failure, deadlock), 53
@@ -118,18 +132,18 @@ impl From<sqlx::Error> for ApiError {
                 .code()
                 .is_some_and(|c| ["08", "40", "53", "57"].iter().any(|k| c.starts_with(k)))
         {
-            return Self::Unavailable(format!(
+            return Some(Self::Unavailable(format!(
                 "the database could not complete the request ({}); retry later",
                 db.message()
-            ));
+            )));
         }
         match e {
             // The pool could not hand out a connection: the database is down
             // or saturated; the client may retry.
-            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
-                Self::Unavailable("the database is unavailable; retry later".into())
-            }
-            e => Self::Unexpected(e.into()),
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => Some(
+                Self::Unavailable("the database is unavailable; retry later".into()),
+            ),
+            _ => None,
         }
     }
 }

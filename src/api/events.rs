@@ -77,7 +77,7 @@ impl PublishEvent {
 fn refused(e: Refused, field: impl Fn(usize) -> String, types: &[String]) -> ApiError {
     let (index, error) = match e {
         Refused::Invalid { index, error } => (index, error),
-        Refused::Database(e) => return e.into(),
+        Refused::Database(e) => return e.as_ref().into(),
     };
     let at = field(index);
     ApiError::Validation(match error {

@@ -32,9 +32,16 @@ pub enum Refused {
     #[error("events[{index}]: {error}")]
     Invalid { index: usize, error: IntakeError },
     /// The database failed or did not answer in time; the request may be
-    /// sent again (with its `event_id`s, it is then written once).
+    /// sent again (with its `event_id`s, it is then written once). Shared by
+    /// every request of the group it failed.
     #[error(transparent)]
-    Database(#[from] Interrupted),
+    Database(Arc<Interrupted>),
+}
+
+impl From<Interrupted> for Refused {
+    fn from(e: Interrupted) -> Self {
+        Self::Database(Arc::new(e))
+    }
 }
 
 type Reply = oneshot::Sender<Result<Vec<Accepted>, Refused>>;
@@ -148,16 +155,16 @@ impl Committer {
         let deadline = tokio::time::Instant::now() + self.limit;
         let mut conn = match tokio::time::timeout_at(deadline, self.pool.acquire()).await {
             Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
-            Err(_) => return answer_all(jobs, &Interrupted::NoAnswer(self.limit)),
+            Ok(Err(e)) => return answer_all(jobs, Interrupted::Database(e)),
+            Err(_) => return answer_all(jobs, Interrupted::NoAnswer(self.limit)),
         };
         let learnt = tokio::time::timeout_at(deadline, self.learn_types(&mut conn, &jobs));
         match learnt.await {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => return answer_all(jobs, &Interrupted::Database(e)),
+            Ok(Err(e)) => return answer_all(jobs, Interrupted::Database(e)),
             Err(_) => {
                 conn.close_on_drop();
-                return answer_all(jobs, &Interrupted::NoAnswer(self.limit));
+                return answer_all(jobs, Interrupted::NoAnswer(self.limit));
             }
         }
         let ready = self.refuse_unknown_types(jobs);
@@ -182,17 +189,17 @@ impl Committer {
                         Err(_) => {
                             conn.close_on_drop();
                             let rest: Vec<Job> = std::iter::once(job).chain(jobs).collect();
-                            return answer_all(rest, &Interrupted::NoAnswer(self.limit));
+                            return answer_all(rest, Interrupted::NoAnswer(self.limit));
                         }
                     }
                 }
             }
-            Ok(Err(e)) => answer_all(ready, &Interrupted::Database(e)),
+            Ok(Err(e)) => answer_all(ready, Interrupted::Database(e)),
             Err(_) => {
                 // Committed or not, nobody is told it was: the producer sends
                 // again, and its event_ids make that write once.
                 conn.close_on_drop();
-                answer_all(ready, &Interrupted::NoAnswer(self.limit));
+                answer_all(ready, Interrupted::NoAnswer(self.limit));
             }
         }
     }
@@ -291,15 +298,12 @@ fn refuse_invalid(group: Vec<Job>) -> Vec<Job> {
     jobs
 }
 
-fn answer_all(jobs: Vec<Job>, e: &Interrupted) {
+/// Every job gets the same failure (shared: sqlx errors do not clone, and
+/// each request must see its class, a "try again" or not).
+fn answer_all(jobs: Vec<Job>, e: Interrupted) {
+    let e = Arc::new(e);
     for job in jobs {
-        let again = match e {
-            Interrupted::NoAnswer(limit) => Interrupted::NoAnswer(*limit),
-            Interrupted::ShuttingDown => Interrupted::ShuttingDown,
-            // sqlx errors do not clone; each request gets the message.
-            Interrupted::Database(e) => Interrupted::Database(sqlx::Error::Protocol(e.to_string())),
-        };
-        job.answer(Err(again.into()));
+        job.answer(Err(Refused::Database(Arc::clone(&e))));
     }
 }
 

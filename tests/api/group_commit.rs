@@ -490,3 +490,26 @@ async fn producers_waiting_on_the_database_do_not_hold_the_management_api(pool: 
         assert_eq!(p.await.unwrap().0, 202);
     }
 }
+
+#[sqlx::test]
+async fn a_group_the_database_gives_up_on_is_a_503_for_every_request_in_it(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |c| c.database_statement_timeout_ms = 300).await;
+    // Postgres cancels the held writes (statement timeout, class 57): nothing
+    // was written, and each request may be sent again.
+    let held = Held::start(&app.pool).await;
+    let requests: Vec<_> = (0..6)
+        .map(|i| send(&app, "/api/v1/events", &event(&format!("cancelled-{i}"))))
+        .collect();
+    for r in requests {
+        let (status, body) = r.await.unwrap();
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "service_unavailable", "{body}");
+    }
+    held.release().await;
+    assert_eq!(
+        count(&app.pool, "SELECT count(*) FROM webhook_events").await,
+        0
+    );
+    let (status, _) = answer(app.post("/api/v1/events", event("again")).await).await;
+    assert_eq!(status, 202);
+}
