@@ -86,7 +86,6 @@ fn refused(e: Refused, field: impl Fn(usize) -> String, types: &[String]) -> Api
             types[index].replace('\0', "\\u0000")
         ),
         IntakeError::InvalidEventId => format!("{at}event_id: must be 1 to 255 characters"),
-        IntakeError::UnstorableData(_) => format!("{at}{}", IntakeError::Nul("data")),
         IntakeError::Nul(_) => format!("{at}{error}"),
         IntakeError::Database(e) => match e.as_database_error() {
             Some(db) => format!(

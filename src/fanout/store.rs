@@ -4,16 +4,6 @@
 /// Fans out up to `batch` undispatched events, oldest first. Returns
 /// (events dispatched, deliveries created).
 pub async fn dispatch(conn: &mut sqlx::PgConnection, batch: i64) -> sqlx::Result<(i64, i64)> {
-    let each = dispatch_each(conn, batch).await?;
-    Ok((each.len() as i64, each.iter().map(|(_, n)| n).sum()))
-}
-
-/// As [`dispatch`], with each dispatched event's id and the deliveries it
-/// created (0 when no webhook subscribes to it).
-pub async fn dispatch_each(
-    conn: &mut sqlx::PgConnection,
-    batch: i64,
-) -> sqlx::Result<Vec<(String, i64)>> {
     let rows = sqlx::query!(
         r#"
         WITH ev AS (
@@ -30,15 +20,13 @@ pub async fn dispatch_each(
             FROM ev WHERE e.id = (ev.e).id
         )
         -- The deliveries themselves: migration 12, shared with the HTTP intake.
-        SELECT f.event_id AS "event_id!", f.deliveries AS "deliveries!"
+        SELECT f.deliveries AS "deliveries!"
         FROM webhook_fan_out(ARRAY(SELECT ev.e FROM ev)) f
         "#,
         batch,
     )
     .fetch_all(conn)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|r| (r.event_id, r.deliveries))
-        .collect())
+    // One row per event dispatched.
+    Ok((rows.len() as i64, rows.iter().map(|r| r.deliveries).sum()))
 }

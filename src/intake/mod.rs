@@ -89,9 +89,6 @@ pub enum IntakeError {
     UnknownType(String),
     #[error("event_id must be 1 to 255 characters")]
     InvalidEventId,
-    /// Valid JSON that Postgres `jsonb` cannot store (a `\u0000` escape).
-    #[error("{0}")]
-    UnstorableData(String),
     /// A NUL character in the named field: Postgres text cannot hold it.
     #[error("{0}: must not contain the NUL character (\\u0000), which Postgres cannot store")]
     Nul(&'static str),
@@ -107,9 +104,7 @@ impl From<sqlx::Error> for IntakeError {
             // the event_id length CHECK
             Some("23514") => Self::InvalidEventId,
             // jsonb refuses \u0000 (untranslatable character)
-            Some("22P05") => {
-                Self::UnstorableData(e.as_database_error().unwrap().message().to_owned())
-            }
+            Some("22P05") => Self::Nul("data"),
             _ => Self::Database(e),
         }
     }
