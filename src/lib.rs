@@ -14,6 +14,7 @@
 //! delivery sign → send (vetted addresses, timeout, 4 KiB excerpt) → classify → record (fenced on the lease)
 //! ```
 pub mod api;
+pub mod catalogue;
 pub mod cli;
 pub mod config;
 pub mod db;

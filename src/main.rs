@@ -66,6 +66,15 @@ async fn publish(
     let data: Box<serde_json::value::RawValue> =
         serde_json::from_str(json).context("JSON argument is not valid JSON")?;
     let pool = db::connect(&config.database_url, 1).await?;
+    // The HTTP intake's checks (archived types, JSON Schemas); the SQL
+    // statement then refuses what the database refuses.
+    let catalogue = smartdrop_webhooks::catalogue::Catalogue::new(pool.clone());
+    if let Err((_, refusal)) = catalogue
+        .check(std::iter::once((event_type, data.get())))
+        .await?
+    {
+        anyhow::bail!("event type {event_type}: {refusal}");
+    }
     let mut conn = pool.acquire().await?;
     let event_id = intake::publish(&mut conn, event_type, &data, event_id.as_deref(), None).await?;
     println!("{event_id}");
@@ -98,7 +107,8 @@ async fn publish_file(config: &Config, file: &std::path::Path) -> anyhow::Result
         .await
         .context("could not connect to Postgres (DATABASE_URL)")?;
     let publisher = intake::Publisher::start(
-        pool,
+        pool.clone(),
+        smartdrop_webhooks::catalogue::Catalogue::new(pool),
         1,
         config.statement_timeout() + db::NO_ANSWER_MARGIN,
         std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),

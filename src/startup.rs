@@ -225,8 +225,11 @@ pub fn api_state(
                 config.statement_timeout(),
             ),
         ));
+    // Read by the intake on every publish (cached), changed by the API.
+    let catalogue = crate::catalogue::Catalogue::new(intake_pool.clone());
     let publisher = Publisher::start(
         intake_pool,
+        catalogue.clone(),
         INTAKE_COMMITTERS,
         config.statement_timeout() + crate::db::NO_ANSWER_MARGIN,
         metrics.clone(),
@@ -242,6 +245,7 @@ pub fn api_state(
         pool,
         health_pool,
         publisher,
+        catalogue,
         deliverer,
         metrics,
         admin_key: AdminKey::new(admin_key),

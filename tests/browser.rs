@@ -70,12 +70,26 @@ async fn the_dashboard_shows_the_seeded_webhooks_in_chromium(pool: PgPool) {
         .await
         .unwrap();
 
+    // Settings the page shows (header names, never values), and a receiver
+    // that is back for the actions (retry, test, recover) the script takes.
+    let patched = app
+        .patch(
+            &format!("/api/v1/webhooks/{everything}"),
+            json!({"headers": {"X-Api-Key": "hdr-secret-value"}, "filter": {"pool_id": ["p1"]}, "rate_limit": 50}),
+        )
+        .await;
+    assert_eq!(patched.status(), 200);
+    broken.always(Reply::status(200));
+
     // Worked out by hand: the broken endpoint failed all 6 (one attempt each),
     // the two healthy ones succeeded every time. Failing first, then by URL.
     let expected = json!({
         "open_circuit": broken.url,
         "disabled": format!("{}/prices", ok.url),
         "order": [everything, pools, prices],
+        "header_value": "hdr-secret-value",
+        // 6 failed, one of them retried from the page first.
+        "recoverable": 5,
         "webhooks": [
             {"id": everything, "deliveries": 6, "success": 0, "pending": 0, "failed": 6, "success_rate": "0.0%", "consecutive_failures": 6},
             {"id": pools, "deliveries": 4, "success": 4, "pending": 0, "failed": 0, "success_rate": "100.0%", "consecutive_failures": 0},

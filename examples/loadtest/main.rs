@@ -1,6 +1,7 @@
 //! The load-test harness: `cargo run --release --example loadtest -- <scenario>`
 //! with scenario one of throughput, fanout, wide, steady, backlog, failing,
-//! slow-neighbour, reporting, isolation (throughput, slow-neighbour, failing),
+//! slow-neighbour, reporting, filtered (10,000 webhooks, each filtering on
+//! its own pool_id), isolation (throughput, slow-neighbour, failing),
 //! http-intake (http-1, http-32: one event per POST /events on 1 and 32
 //! keep-alive connections; http-batch: batches of 500 on 4), all, or smoke
 //! (a few seconds of each, for CI).
@@ -192,6 +193,7 @@ async fn main() -> anyhow::Result<()> {
             "failing",
             "slow-neighbour",
             "reporting",
+            "filtered",
             "http-32",
             "http-batch",
         ],

@@ -35,17 +35,6 @@ pub struct Published {
     pub deliveries: i64,
 }
 
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EventType {
-    pub name: String,
-    pub description: String,
-}
-
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct EventTypes {
-    pub data: Vec<EventType>,
-}
-
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PublishBatch {
@@ -84,6 +73,14 @@ fn refused(e: Refused, field: impl Fn(usize) -> String, types: &[String]) -> Api
         IntakeError::UnknownType(_) => format!(
             "{at}event: unknown event type `{}` (see GET /api/v1/event-types)",
             types[index].replace('\0', "\\u0000")
+        ),
+        IntakeError::Archived(_) => format!(
+            "{at}event: event type `{}` is archived: it accepts no new events",
+            types[index]
+        ),
+        IntakeError::Schema(why) => format!(
+            "{at}{why} (the JSON Schema of `{}`, see GET /api/v1/event-types)",
+            types[index]
         ),
         IntakeError::InvalidEventId => format!("{at}event_id: must be 1 to 255 characters"),
         IntakeError::Nul(_) => format!("{at}{error}"),
@@ -158,15 +155,4 @@ pub async fn publish_batch(
             })
             .collect(),
     }))
-}
-
-#[utoipa::path(get, path = "/api/v1/event-types", operation_id = "listEventTypes", tag = "events",
-    responses((status = 200, body = EventTypes)), security(("bearer" = [])))]
-pub async fn event_types(state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
-    let data = intake::event_types(&state.pool)
-        .await?
-        .into_iter()
-        .map(|(name, description)| EventType { name, description })
-        .collect();
-    Ok(HttpResponse::Ok().json(EventTypes { data }))
 }

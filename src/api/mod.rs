@@ -6,6 +6,7 @@ pub mod catch_panic;
 pub mod dashboard;
 pub mod deliveries;
 pub mod error;
+pub mod event_types;
 pub mod events;
 pub mod extract;
 pub mod guard;
@@ -42,6 +43,9 @@ pub struct ApiState {
     pub health_pool: PgPool,
     /// The HTTP intake: events go through group commit, not `pool`.
     pub publisher: crate::intake::Publisher,
+    /// The event-type catalogue the intake checks against (its cache is
+    /// refreshed when the API changes it).
+    pub catalogue: Arc<crate::catalogue::Catalogue>,
     pub deliverer: Deliverer,
     pub metrics: Arc<Metrics>,
     pub admin_key: AdminKey,
@@ -69,6 +73,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/webhooks/{id}", web::get().to(webhooks::get))
                 .route("/webhooks/{id}", web::patch().to(webhooks::patch))
                 .route("/webhooks/{id}", web::delete().to(webhooks::delete))
+                .route("/webhooks/{id}/recover", web::post().to(webhooks::recover))
+                .route("/webhooks/{id}/replay", web::post().to(webhooks::replay))
                 .route(
                     "/webhooks/{id}/rotate-secret",
                     web::post().to(webhooks::rotate_secret),
@@ -83,7 +89,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     "/webhooks/{id}/deliveries/{delivery_id}/retry",
                     web::post().to(deliveries::retry),
                 )
-                .route("/event-types", web::get().to(events::event_types))
+                .route("/event-types", web::get().to(event_types::list))
+                .route("/event-types", web::post().to(event_types::create))
+                .route("/event-types/{name}", web::patch().to(event_types::patch))
+                .route("/event-types/{name}", web::delete().to(event_types::delete))
                 .route("/events", web::post().to(events::publish))
                 .route("/events/batch", web::post().to(events::publish_batch))
                 .route("/stats", web::get().to(stats::all))

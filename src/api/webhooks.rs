@@ -1,4 +1,5 @@
-//! /webhooks: register, list, read, change, delete, rotate the secret, test.
+//! /webhooks: register, list, read, change, delete, rotate the secret, test,
+//! recover failed deliveries, replay retained events.
 use actix_web::{HttpResponse, web};
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -9,11 +10,15 @@ use super::extract::{ApiJson, OptionalJson};
 use super::page::{self, Page, PageQuery};
 use crate::domain::InvalidField;
 use crate::domain::event_pattern::EventPattern;
+use crate::domain::filter::Filter;
+use crate::domain::headers::CustomHeaders;
 use crate::domain::ids::WebhookId;
 use crate::domain::secret::{self, WebhookSecret};
 use crate::domain::webhook_url::WebhookUrl;
-use crate::intake;
+use crate::domain::window::Window;
+use crate::fanout::replay::{self, Replayed};
 use crate::queue::endpoints::CircuitView;
+use crate::queue::recover::{self, Recovered};
 use crate::queue::{self, Delivery};
 use crate::webhooks::{self, NewWebhook, Ordering, Webhook, WebhookPatch, store};
 
@@ -49,6 +54,17 @@ pub struct CreateWebhook {
     pub rate_limit: Option<i64>,
     /// `unordered` (default) or `fifo`.
     pub ordering: Option<Ordering>,
+    /// Payload filter: `{data_key: value | [values]}` over top-level keys
+    /// of the event's `data`; every key must match, any listed value
+    /// matches. At most 20 keys and 100 values per key; `null` or absent =
+    /// every event of the subscribed types.
+    #[schema(value_type = Option<Object>, example = json!({"pool_id": ["p1", "p2"], "asset": "SDT"}))]
+    pub filter: Option<serde_json::Value>,
+    /// Up to 20 headers sent on every attempt (`{name: value}`); not our
+    /// own, `Host`, `Content-*`, `User-Agent` or hop-by-hop; values up to
+    /// 1 KiB of printable ASCII.
+    #[schema(value_type = Option<Object>, example = json!({"X-Api-Key": "gateway-token"}))]
+    pub headers: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -73,10 +89,18 @@ pub struct PatchWebhook {
     #[schema(value_type = Option<i64>)]
     pub rate_limit: Option<Option<i64>>,
     pub ordering: Option<Ordering>,
+    /// `null` removes the filter.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<Option<serde_json::Value>>,
+    /// Replaces every custom header; `null` or `{}` removes them.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub headers: Option<Option<serde_json::Value>>,
 }
 
 /// Distinguishes an absent field (outer `None`) from `null` (`Some(None)`).
-fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+pub fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     d: D,
 ) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
@@ -98,6 +122,12 @@ pub struct WebhookView {
     /// `null` when it is enabled or was deactivated by hand.
     pub disabled_reason: Option<String>,
     pub disabled_at: Option<DateTime<Utc>>,
+    /// `null` = every event of the subscribed types.
+    #[schema(value_type = Option<Object>)]
+    pub filter: Option<serde_json::Value>,
+    /// The custom headers, names and values (`{}` when none).
+    #[schema(value_type = Object)]
+    pub headers: serde_json::Value,
     pub circuit: CircuitView,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -124,6 +154,8 @@ impl From<Webhook> for WebhookView {
             ordering: w.ordering,
             disabled_reason: w.disabled_reason,
             disabled_at: w.disabled_at,
+            filter: w.filter,
+            headers: w.headers.to_json(),
             circuit: w.circuit,
             created_at: w.created_at,
             updated_at: w.updated_at,
@@ -169,7 +201,13 @@ pub fn parse_id(raw: &str) -> Result<WebhookId, ApiError> {
     WebhookId::parse(raw).ok_or(ApiError::NotFound("webhook"))
 }
 
-async fn validate_events(state: &ApiState, events: Vec<String>) -> Result<Vec<String>, ApiError> {
+/// Subscriptions are checked against the catalogue's active types; on a
+/// change (`current`), a webhook keeps the archived types it already has.
+async fn validate_events(
+    state: &ApiState,
+    events: Vec<String>,
+    current: Option<&WebhookId>,
+) -> Result<Vec<String>, ApiError> {
     if events.is_empty() {
         return Err(InvalidField::new(
             "events",
@@ -180,20 +218,32 @@ async fn validate_events(state: &ApiState, events: Vec<String>) -> Result<Vec<St
     if events.len() > MAX_PATTERNS {
         return Err(InvalidField::new("events", format!("at most {MAX_PATTERNS} entries")).into());
     }
-    let catalogue: Vec<String> = intake::event_types(&state.pool)
-        .await?
-        .into_iter()
-        .map(|(name, _)| name)
-        .collect();
+    let subscribable = webhooks::subscribable(&state.pool, current.map(WebhookId::as_str)).await?;
     let mut accepted: Vec<String> = Vec::with_capacity(events.len());
     for (i, raw) in events.into_iter().enumerate() {
-        EventPattern::parse(&raw, &catalogue)
-            .map_err(|m| ApiError::Validation(format!("events[{i}]: {m}")))?;
+        EventPattern::parse(&raw, &subscribable.names).map_err(|m| {
+            let archived = subscribable.archived.contains(&raw);
+            ApiError::Validation(if archived {
+                format!("events[{i}]: `{raw}` is archived: it accepts no new subscriptions")
+            } else {
+                format!("events[{i}]: {m}")
+            })
+        })?;
         if !accepted.contains(&raw) {
             accepted.push(raw);
         }
     }
     Ok(accepted)
+}
+
+fn validate_filter(f: Option<serde_json::Value>) -> Result<Option<Filter>, ApiError> {
+    f.map_or(Ok(None), |f| Filter::parse(f).map_err(ApiError::Validation))
+}
+
+fn validate_headers(h: Option<serde_json::Value>) -> Result<CustomHeaders, ApiError> {
+    h.map_or(Ok(CustomHeaders::default()), |h| {
+        CustomHeaders::parse(h).map_err(ApiError::Validation)
+    })
 }
 
 fn validate_rate_limit(r: Option<i64>) -> Result<Option<i32>, ApiError> {
@@ -229,7 +279,7 @@ pub async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let body = body.0;
     let url = WebhookUrl::parse_and_vet(&body.url, state.allow_private_targets).await?;
-    let events = validate_events(&state, body.events).await?;
+    let events = validate_events(&state, body.events, None).await?;
     let secret = match body.secret {
         Some(raw) => WebhookSecret::parse(&raw).map_err(|m| InvalidField::new("secret", m))?,
         None => WebhookSecret::generate(),
@@ -242,6 +292,8 @@ pub async fn create(
         active: body.active.unwrap_or(true),
         rate_limit: validate_rate_limit(body.rate_limit)?,
         ordering: body.ordering.unwrap_or(Ordering::Unordered),
+        filter: validate_filter(body.filter)?,
+        headers: validate_headers(body.headers)?,
     };
     let created = store::create(&state.pool, &new).await?;
     tracing::info!(webhook = %created.id, "webhook registered");
@@ -296,9 +348,11 @@ pub async fn patch(
         && body.description.is_none()
         && body.rate_limit.is_none()
         && body.ordering.is_none()
+        && body.filter.is_none()
+        && body.headers.is_none()
     {
         return Err(ApiError::Validation(
-            "the body must change at least one of url, events, active, description, rate_limit, ordering"
+            "the body must change at least one of url, events, active, description, rate_limit, ordering, filter, headers"
                 .into(),
         ));
     }
@@ -311,7 +365,7 @@ pub async fn patch(
         None => None,
     };
     let events = match body.events {
-        Some(e) => Some(validate_events(&state, e).await?),
+        Some(e) => Some(validate_events(&state, e, Some(&id)).await?),
         None => None,
     };
     let description = match body.description {
@@ -329,6 +383,8 @@ pub async fn patch(
         description,
         rate_limit,
         ordering: body.ordering,
+        filter: body.filter.map(validate_filter).transpose()?,
+        headers: body.headers.map(validate_headers).transpose()?,
     };
     let webhook = webhooks::update(&state.pool, id.as_str(), &patch)
         .await?
@@ -430,4 +486,76 @@ pub async fn test(
         .await?
         .ok_or(ApiError::NotFound("delivery"))?;
     Ok(HttpResponse::Ok().json(delivery))
+}
+
+/// `POST /webhooks/{id}/recover` and `/replay`: a window of time.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WindowBody {
+    /// Start of the window (inclusive), RFC 3339.
+    pub since: DateTime<Utc>,
+    /// End of the window (exclusive); now when absent.
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl WindowBody {
+    fn window(&self) -> Result<Window, ApiError> {
+        Window::new(self.since, self.until, Utc::now()).map_err(ApiError::Validation)
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RecoverResult {
+    /// Failed deliveries put back in the queue with a fresh retry schedule.
+    pub requeued: i64,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ReplayResult {
+    /// Deliveries created for events the webhook had none for.
+    pub created: i64,
+}
+
+fn inactive(id: &WebhookId) -> ApiError {
+    ApiError::Conflict(format!(
+        "webhook {id} is inactive: its deliveries would not be sent; re-enable it first (PATCH {{\"active\": true}})"
+    ))
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/recover", operation_id = "recoverWebhook", tag = "webhooks", request_body = WindowBody,
+    responses((status = 202, body = RecoverResult), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody, description = "the webhook is inactive")),
+    security(("bearer" = [])))]
+pub async fn recover(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: ApiJson<WindowBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let window = body.0.window()?;
+    match recover::recover(&state.pool, &id, window).await? {
+        Recovered::Requeued(requeued) => {
+            Ok(HttpResponse::Accepted().json(RecoverResult { requeued }))
+        }
+        Recovered::NoSuchWebhook => Err(ApiError::NotFound("webhook")),
+        Recovered::Inactive => Err(inactive(&id)),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/webhooks/{id}/replay", operation_id = "replayWebhook", tag = "webhooks", request_body = WindowBody,
+    responses((status = 202, body = ReplayResult), (status = 400, body = super::error::ErrorBody),
+        (status = 404, body = super::error::ErrorBody), (status = 409, body = super::error::ErrorBody, description = "the webhook is inactive")),
+    security(("bearer" = [])))]
+pub async fn replay(
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: ApiJson<WindowBody>,
+) -> Result<HttpResponse, ApiError> {
+    let id = parse_id(&path)?;
+    let window = body.0.window()?;
+    match replay::replay(&state.pool, &id, window).await? {
+        Replayed::Created(created) => Ok(HttpResponse::Accepted().json(ReplayResult { created })),
+        Replayed::NoSuchWebhook => Err(ApiError::NotFound("webhook")),
+        Replayed::Inactive => Err(inactive(&id)),
+    }
 }

@@ -14,6 +14,7 @@ use chrono::Utc;
 use rand::Rng;
 use sqlx::PgPool;
 
+use crate::domain::headers::CustomHeaders;
 use crate::domain::secret::WebhookSecret;
 use crate::metrics::Metrics;
 use crate::queue::breaker::{BreakerConfig, Change};
@@ -85,6 +86,7 @@ impl Deliverer {
                 timestamp: started_at.timestamp(),
                 smartdrop_signature: signatures.smartdrop,
                 standard_signature: signatures.standard,
+                headers: CustomHeaders::from_stored(&claimed.headers),
                 body: claimed.body.clone().into_bytes(),
             })
             .await;

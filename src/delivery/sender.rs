@@ -9,6 +9,7 @@ use std::time::Duration;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 
+use crate::domain::headers::CustomHeaders;
 use crate::domain::ip_policy::is_forbidden;
 use crate::domain::webhook_url::WebhookUrl;
 
@@ -28,6 +29,9 @@ pub struct Request {
     pub timestamp: i64,
     pub smartdrop_signature: String,
     pub standard_signature: String,
+    /// The webhook's own headers, sent before ours (they cannot overlap:
+    /// domain::headers refuses our names).
+    pub headers: CustomHeaders,
     pub body: Vec<u8>,
 }
 
@@ -139,9 +143,14 @@ impl Sender {
         }
         let header =
             |v: &str| HeaderValue::from_str(v).map_err(|e| SendError::Request(e.to_string()));
-        let mut response = self
-            .client
-            .post(url.as_str())
+        let mut request = self.client.post(url.as_str());
+        for (name, value) in req.headers.iter() {
+            let mut value = header(value)?;
+            // Credentials, often: kept out of any debug output.
+            value.set_sensitive(true);
+            request = request.header(name, value);
+        }
+        let mut response = request
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .header("X-SmartDrop-Event", header(&req.event_type)?)
             .header("X-SmartDrop-Delivery", header(&req.delivery_id)?)

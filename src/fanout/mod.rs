@@ -2,6 +2,7 @@
 //! subscriptions match, in one transaction, exactly once across instances.
 //! Woken by NOTIFY on `webhook_events`; every wake-up is a full sweep, so a
 //! missed notification (restart, lost connection) loses nothing.
+pub mod replay;
 pub mod store;
 
 use std::sync::Arc;

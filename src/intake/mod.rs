@@ -87,6 +87,12 @@ pub enum IntakeError {
     /// `unknown event type "<type>"`, as the publishing trigger says it.
     #[error("{0}")]
     UnknownType(String),
+    /// The type exists but is archived: it accepts no new events.
+    #[error("event type \"{0}\" is archived")]
+    Archived(String),
+    /// `data` breaks the type's JSON Schema: `data<pointer>: <why>`.
+    #[error("{0}")]
+    Schema(String),
     #[error("event_id must be 1 to 255 characters")]
     InvalidEventId,
     /// A NUL character in the named field: Postgres text cannot hold it.
@@ -132,14 +138,6 @@ pub async fn publish(
     .fetch_one(conn)
     .await?;
     Ok(row.event_id)
-}
-
-/// The catalogue of event types, by name.
-pub async fn event_types(pool: &sqlx::PgPool) -> sqlx::Result<Vec<(String, String)>> {
-    let rows = sqlx::query!("SELECT name, description FROM webhook_event_types ORDER BY name")
-        .fetch_all(pool)
-        .await?;
-    Ok(rows.into_iter().map(|r| (r.name, r.description)).collect())
 }
 
 #[cfg(test)]

@@ -6,11 +6,12 @@
 //! nothing if the commit did not happen.
 //!
 //! One request's bad event must not fail the others: what can be checked
-//! without writing (field rules, unknown types) is checked first and refused
+//! without writing (field rules; the catalogue: unknown or archived types,
+//! JSON Schemas) is checked first, in the requester's task, and refused
 //! alone. If the group's statement still fails on a value, each request is
 //! written again on its own, so the failure lands on the request that caused
 //! it, naming the event's index. A request is all or nothing either way.
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use uuid::Uuid;
 
 use super::{Accepted, IntakeError, NewEvent, store};
+use crate::catalogue::{Catalogue, TypeRefusal};
 use crate::db::{self, Interrupted};
 use crate::metrics::Metrics;
 
@@ -62,6 +64,7 @@ impl Job {
 #[derive(Clone)]
 pub struct Publisher {
     jobs: mpsc::Sender<Job>,
+    catalogue: Arc<Catalogue>,
 }
 
 impl Publisher {
@@ -69,25 +72,46 @@ impl Publisher {
     /// each transaction is bounded by `limit` from this side (a database
     /// that stops answering gets the requests a `503`, not a hang). The tasks
     /// end when the last handle is dropped.
-    pub fn start(pool: PgPool, committers: usize, limit: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn start(
+        pool: PgPool,
+        catalogue: Arc<Catalogue>,
+        committers: usize,
+        limit: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let (jobs, queue) = mpsc::channel(1024);
         let queue = Arc::new(Mutex::new(queue));
-        let known = Arc::default();
         for _ in 0..committers.max(1) {
             let committer = Committer {
                 pool: pool.clone(),
-                known: Arc::clone(&known),
                 limit,
                 metrics: metrics.clone(),
             };
             tokio::spawn(committer.run(queue.clone()));
         }
-        Self { jobs }
+        Self { jobs, catalogue }
     }
 
     /// Writes `events` all or nothing, in one transaction (shared with other
     /// requests), and fans them out; answers after the commit, in order.
     pub async fn publish(&self, events: Vec<NewEvent>) -> Result<Vec<Accepted>, Refused> {
+        let checked = self
+            .catalogue
+            .check(events.iter().map(|e| (e.event_type.as_str(), e.data.get())))
+            .await
+            .map_err(Interrupted::Database)?;
+        if let Err((index, refusal)) = checked {
+            let error = match refusal {
+                // Worded as the publishing trigger words it.
+                TypeRefusal::Unknown => IntakeError::UnknownType(format!(
+                    "unknown event type \"{}\"",
+                    events[index].event_type
+                )),
+                TypeRefusal::Archived => IntakeError::Archived(events[index].event_type.clone()),
+                schema => IntakeError::Schema(schema.to_string()),
+            };
+            return Err(Refused::Invalid { index, error });
+        }
         let (reply, answer) = oneshot::channel();
         if self.jobs.send(Job { events, reply }).await.is_err() {
             return Err(Interrupted::ShuttingDown.into());
@@ -100,13 +124,12 @@ impl Publisher {
     }
 }
 
+/// Types were checked against the catalogue before a job got here. Should
+/// one vanish anyway (deleted in SQL), the foreign key refuses the write and
+/// the group falls back to writing each request alone, where the refusal
+/// reaches the right request.
 struct Committer {
     pool: PgPool,
-    /// Event types known to exist, shared by the committers. Types are never
-    /// deleted while events reference them; should one vanish anyway, the
-    /// foreign key refuses the write and the group falls back to writing
-    /// each request alone, where the refusal reaches the right request.
-    known: Arc<std::sync::Mutex<HashSet<String>>>,
     limit: Duration,
     metrics: Arc<Metrics>,
 }
@@ -158,19 +181,7 @@ impl Committer {
             Ok(Err(e)) => return answer_all(jobs, Interrupted::Database(e)),
             Err(_) => return answer_all(jobs, Interrupted::NoAnswer(self.limit)),
         };
-        let learnt = tokio::time::timeout_at(deadline, self.learn_types(&mut conn, &jobs));
-        match learnt.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return answer_all(jobs, Interrupted::Database(e)),
-            Err(_) => {
-                conn.close_on_drop();
-                return answer_all(jobs, Interrupted::NoAnswer(self.limit));
-            }
-        }
-        let ready = self.refuse_unknown_types(jobs);
-        if ready.is_empty() {
-            return;
-        }
+        let ready = jobs;
         let events: Vec<&NewEvent> = ready.iter().flat_map(|j| j.events.iter()).collect();
         let written = tokio::time::timeout_at(deadline, write(&mut conn, &events)).await;
         drop(events);
@@ -202,50 +213,6 @@ impl Committer {
                 answer_all(ready, Interrupted::NoAnswer(self.limit));
             }
         }
-    }
-
-    /// Asks the database about the group's event types not seen before.
-    async fn learn_types(&self, conn: &mut PgConnection, jobs: &[Job]) -> sqlx::Result<()> {
-        let unseen: Vec<String> = {
-            let known = self.known.lock().unwrap();
-            jobs.iter()
-                .flat_map(|j| j.events.iter().map(|e| &e.event_type))
-                .filter(|t| !known.contains(*t))
-                .cloned()
-                .collect::<HashSet<_>>()
-                .into_iter()
-                .collect()
-        };
-        if !unseen.is_empty() {
-            let found = store::known_types(conn, &unseen).await?;
-            self.known.lock().unwrap().extend(found);
-        }
-        Ok(())
-    }
-
-    /// Answers the jobs holding an unknown event type (before anything is
-    /// written, so they fail alone); returns the others.
-    fn refuse_unknown_types(&self, jobs: Vec<Job>) -> Vec<Job> {
-        let known = self.known.lock().unwrap();
-        let mut ready = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            match job
-                .events
-                .iter()
-                .position(|e| !known.contains(&e.event_type))
-            {
-                Some(index) => {
-                    // Worded as the publishing trigger words it.
-                    let error = IntakeError::UnknownType(format!(
-                        "unknown event type \"{}\"",
-                        job.events[index].event_type
-                    ));
-                    job.answer(Err(Refused::Invalid { index, error }));
-                }
-                None => ready.push(job),
-            }
-        }
-        ready
     }
 
     /// Answers each job with its events' ids and deliveries. An event_id

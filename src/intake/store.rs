@@ -1,18 +1,8 @@
-//! The publisher's SQL: which types exist, and many events written and
-//! fanned out in one statement with `webhook_publish`'s rules (types checked
-//! by the caller, `ON CONFLICT (event_id) DO NOTHING`).
+//! The publisher's SQL: many events written and fanned out in one statement
+//! with `webhook_publish`'s rules (types checked by the caller against the
+//! catalogue, `ON CONFLICT (event_id) DO NOTHING`).
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
-
-/// The names among `types` that are in the catalogue.
-pub async fn known_types(conn: &mut PgConnection, types: &[String]) -> sqlx::Result<Vec<String>> {
-    sqlx::query_scalar!(
-        r#"SELECT name AS "name!" FROM webhook_event_types WHERE name = ANY ($1)"#,
-        types
-    )
-    .fetch_all(conn)
-    .await
-}
 
 /// Writes the events in order and fans them out, in one statement (so all
 /// or nothing without a transaction of its own, and atomic with whatever

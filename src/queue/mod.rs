@@ -4,6 +4,7 @@ pub mod breaker;
 pub mod completion;
 pub mod endpoints;
 pub mod fairness;
+pub mod recover;
 pub mod retry;
 pub mod store;
 
@@ -17,13 +18,16 @@ use uuid::Uuid;
 pub struct Claimed {
     pub id: String,
     pub lease_token: Uuid,
-    /// Attempts made before this one.
+    /// Attempts made before this one in the current retry schedule (a
+    /// recovered delivery starts a new one).
     pub attempts: i32,
     pub webhook_id: String,
     pub url: String,
     pub secret: String,
     /// The secret a rotation replaced, while its overlap lasts: it signs too.
     pub previous_secret: Option<String>,
+    /// The webhook's custom headers, as stored (`{name: value}`).
+    pub headers: serde_json::Value,
     pub event_type: String,
     pub body: String,
     /// The one attempt a half-open circuit lets through.

@@ -24,6 +24,7 @@ pub async fn claim(
         r#"
         SELECT id AS "id!", lease_token AS "lease_token!", attempts AS "attempts!",
                webhook_id AS "webhook_id!", url AS "url!", secret AS "secret!", previous_secret,
+               headers AS "headers!",
                event_type AS "event_type!", body AS "body!", probe AS "probe!"
         FROM webhook_claim($1::int4, $2::float8, $3::text[], $4::int4[], $5::int4)
         "#,
@@ -70,7 +71,7 @@ pub async fn insert_claimed(
             RETURNING id, lease_token, attempts, webhook_id, event_type, body
         )
         SELECT ins.id, ins.lease_token AS "lease_token!", ins.attempts, ins.webhook_id,
-               ins.event_type, ins.body, w.url, w.secret,
+               ins.event_type, ins.body, w.url, w.secret, w.headers,
                CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
                false AS "probe!"
         FROM ins JOIN webhooks w ON w.id = ins.webhook_id
@@ -85,6 +86,18 @@ pub async fn insert_claimed(
     .await
 }
 
+/// Takes the webhook's endpoint state first, in the order every claim and
+/// completion takes it, before changing its deliveries outside a claim.
+async fn lock_endpoint(conn: &mut sqlx::PgConnection, webhook_id: &str) -> sqlx::Result<()> {
+    sqlx::query!(
+        "SELECT webhook_id FROM webhook_endpoint_state WHERE webhook_id = $1 FOR UPDATE",
+        webhook_id
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(())
+}
+
 /// Claims one `failed` delivery of an active webhook for a manual retry.
 /// `None` when it is not failed, its webhook is inactive, or it does not exist.
 /// The webhook is woken for the lease's end, so the delivery is not stranded
@@ -96,12 +109,7 @@ pub async fn claim_failed(
     lease_ms: i64,
 ) -> sqlx::Result<Option<Claimed>> {
     let mut tx = pool.begin().await?;
-    sqlx::query!(
-        "SELECT webhook_id FROM webhook_endpoint_state WHERE webhook_id = $1 FOR UPDATE",
-        webhook_id
-    )
-    .fetch_optional(&mut *tx)
-    .await?;
+    lock_endpoint(&mut tx, webhook_id).await?;
     let claimed = sqlx::query_as!(
         Claimed,
         r#"
@@ -112,7 +120,8 @@ pub async fn claim_failed(
             lease_token      = gen_random_uuid()
         FROM webhooks w
         WHERE d.id = $2 AND d.webhook_id = $1 AND d.status = 'failed' AND w.id = d.webhook_id AND w.active
-        RETURNING d.id, d.lease_token AS "lease_token!", d.attempts, d.webhook_id, w.url, w.secret,
+        RETURNING d.id, d.lease_token AS "lease_token!", d.attempts - d.attempts_before AS "attempts!",
+                  d.webhook_id, w.url, w.secret, w.headers,
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
                   d.event_type, d.body, false AS "probe!"
         "#,
@@ -320,4 +329,65 @@ pub async fn attempts(pool: &PgPool, delivery_id: &str) -> sqlx::Result<Vec<Atte
     )
     .fetch_all(pool)
     .await
+}
+
+/// Puts up to `batch` of the webhook's `failed` deliveries created in
+/// `[since, until)` back in the queue with a fresh retry schedule (their
+/// attempt log keeps counting), and wakes the webhook. The endpoint state is
+/// locked first, as every claim and completion locks it.
+pub async fn requeue_failed(
+    pool: &PgPool,
+    webhook_id: &str,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    batch: i64,
+) -> sqlx::Result<i64> {
+    let mut tx = pool.begin().await?;
+    lock_endpoint(&mut tx, webhook_id).await?;
+    let requeued = sqlx::query_scalar!(
+        r#"
+        WITH picked AS (
+            SELECT x.id FROM webhook_deliveries x
+            WHERE x.webhook_id = $1 AND x.status = 'failed'
+              AND x.created_at >= $2 AND x.created_at < $3
+            LIMIT $4
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE webhook_deliveries d
+        SET status = 'pending', attempts_before = d.attempts, next_retry_at = now(),
+            lease_expires_at = NULL, lease_token = NULL
+        FROM picked WHERE d.id = picked.id
+        RETURNING d.id
+        "#,
+        webhook_id,
+        since,
+        until,
+        batch,
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .len() as i64;
+    if requeued > 0 {
+        sqlx::query!(
+            r#"
+            UPDATE webhook_endpoint_state SET ready_at = now()
+            WHERE webhook_id = $1 AND (ready_at IS NULL OR ready_at > now())
+            "#,
+            webhook_id
+        )
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query!("SELECT pg_notify('webhook_deliveries', '')")
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(requeued)
+}
+
+/// Whether the webhook is active; `None` when it does not exist.
+pub async fn webhook_active(pool: &PgPool, webhook_id: &str) -> sqlx::Result<Option<bool>> {
+    sqlx::query_scalar!("SELECT active FROM webhooks WHERE id = $1", webhook_id)
+        .fetch_optional(pool)
+        .await
 }

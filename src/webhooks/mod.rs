@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::PgPool;
 
+use crate::domain::filter::Filter;
+use crate::domain::headers::CustomHeaders;
 use crate::queue::breaker::BreakerConfig;
 use crate::queue::endpoints::{self, CircuitView};
 
@@ -52,6 +54,9 @@ pub struct Webhook {
     pub ordering: Ordering,
     pub disabled_reason: Option<String>,
     pub disabled_at: Option<DateTime<Utc>>,
+    /// `None`: every event of the subscribed types.
+    pub filter: Option<serde_json::Value>,
+    pub headers: CustomHeaders,
     pub circuit: CircuitView,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -79,6 +84,8 @@ pub struct NewWebhook {
     pub active: bool,
     pub rate_limit: Option<i32>,
     pub ordering: Ordering,
+    pub filter: Option<Filter>,
+    pub headers: CustomHeaders,
 }
 
 impl std::fmt::Debug for NewWebhook {
@@ -102,6 +109,9 @@ pub struct WebhookPatch {
     /// `Some(None)` removes the limit.
     pub rate_limit: Option<Option<i32>>,
     pub ordering: Option<Ordering>,
+    /// `Some(None)` removes the filter.
+    pub filter: Option<Option<Filter>>,
+    pub headers: Option<CustomHeaders>,
 }
 
 /// Why the service disabled a webhook.
@@ -183,4 +193,29 @@ pub async fn disable<'e>(
         tracing::warn!(webhook = %id, reason = reason.kind(), failed_pending = failed, "webhook disabled: {sentence}");
     }
     Ok(failed.is_some())
+}
+
+/// The event types a subscription may name.
+#[derive(Debug, Default)]
+pub struct Subscribable {
+    /// Active types, and the archived ones the webhook being changed
+    /// already subscribes to by name (an existing subscription keeps
+    /// working; a new one to an archived type is refused).
+    pub names: Vec<String>,
+    /// Every archived type, to say why one is refused.
+    pub archived: Vec<String>,
+}
+
+pub async fn subscribable(pool: &PgPool, current: Option<&str>) -> sqlx::Result<Subscribable> {
+    let rows = store::subscribable(pool, current).await?;
+    let mut out = Subscribable::default();
+    for (name, archived, kept) in rows {
+        if !archived || kept {
+            out.names.push(name.clone());
+        }
+        if archived {
+            out.archived.push(name);
+        }
+    }
+    Ok(out)
 }

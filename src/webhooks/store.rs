@@ -3,6 +3,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
 use super::{NewWebhook, Ordering, Webhook, WebhookPatch};
+use crate::domain::filter::Filter;
+use crate::domain::headers::CustomHeaders;
 use crate::queue::endpoints::CircuitView;
 
 struct Row {
@@ -16,6 +18,8 @@ struct Row {
     ordering: String,
     disabled_reason: Option<String>,
     disabled_at: Option<DateTime<Utc>>,
+    filter: Option<serde_json::Value>,
+    headers: serde_json::Value,
     circuit: Option<String>,
     consecutive_failures: Option<i32>,
     open_until: Option<DateTime<Utc>>,
@@ -41,6 +45,8 @@ impl From<Row> for Webhook {
             ordering: Ordering::parse(&r.ordering),
             disabled_reason: r.disabled_reason,
             disabled_at: r.disabled_at,
+            filter: r.filter,
+            headers: CustomHeaders::from_stored(&r.headers),
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -50,8 +56,8 @@ impl From<Row> for Webhook {
 pub async fn create(pool: &PgPool, new: &NewWebhook) -> sqlx::Result<Webhook> {
     let id = sqlx::query_scalar!(
         r#"
-        INSERT INTO webhooks (url, events, secret, description, active, rate_limit, ordering)
-        VALUES ($1, $2, $3, $4, $5, $6, $7)
+        INSERT INTO webhooks (url, events, secret, description, active, rate_limit, ordering, filter, headers)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
         RETURNING id
         "#,
         new.url,
@@ -61,6 +67,8 @@ pub async fn create(pool: &PgPool, new: &NewWebhook) -> sqlx::Result<Webhook> {
         new.active,
         new.rate_limit,
         new.ordering.as_str(),
+        new.filter.clone().map(Filter::into_json),
+        new.headers.to_json(),
     )
     .fetch_one(pool)
     .await?;
@@ -71,7 +79,7 @@ pub async fn get(pool: &PgPool, id: &str) -> sqlx::Result<Option<Webhook>> {
     let row = sqlx::query_as!(
         Row,
         r#"SELECT w.id, w.url, w.events, w.secret, w.description, w.active, w.rate_limit, w.ordering,
-                  w.disabled_reason, w.disabled_at, s.circuit AS "circuit?",
+                  w.disabled_reason, w.disabled_at, w.filter, w.headers, s.circuit AS "circuit?",
                   s.consecutive_failures AS "consecutive_failures?", s.open_until, w.created_at, w.updated_at
            FROM webhooks w LEFT JOIN webhook_endpoint_state s ON s.webhook_id = w.id
            WHERE w.id = $1"#,
@@ -93,7 +101,7 @@ pub async fn list(
         Row,
         r#"
         SELECT w.id, w.url, w.events, w.secret, w.description, w.active, w.rate_limit, w.ordering,
-               w.disabled_reason, w.disabled_at, s.circuit AS "circuit?",
+               w.disabled_reason, w.disabled_at, w.filter, w.headers, s.circuit AS "circuit?",
                s.consecutive_failures AS "consecutive_failures?", s.open_until, w.created_at, w.updated_at
         FROM webhooks w LEFT JOIN webhook_endpoint_state s ON s.webhook_id = w.id
         WHERE ($1::timestamptz IS NULL OR (w.created_at, w.id) < ($1, $2))
@@ -120,6 +128,10 @@ pub async fn patch(conn: &mut PgConnection, id: &str, patch: &WebhookPatch) -> s
         Some(r) => (true, r),
         None => (false, None),
     };
+    let (set_filter, filter) = match &patch.filter {
+        Some(f) => (true, f.clone().map(Filter::into_json)),
+        None => (false, None),
+    };
     let done = sqlx::query!(
         r#"
         UPDATE webhooks
@@ -129,6 +141,8 @@ pub async fn patch(conn: &mut PgConnection, id: &str, patch: &WebhookPatch) -> s
             description = CASE WHEN $5 THEN $6 ELSE description END,
             rate_limit = CASE WHEN $7 THEN $8 ELSE rate_limit END,
             ordering = COALESCE($9, ordering),
+            filter = CASE WHEN $10 THEN $11 ELSE filter END,
+            headers = COALESCE($12, headers),
             disabled_reason = CASE WHEN $4 THEN NULL ELSE disabled_reason END,
             disabled_at = CASE WHEN $4 THEN NULL ELSE disabled_at END,
             updated_at = now()
@@ -143,6 +157,9 @@ pub async fn patch(conn: &mut PgConnection, id: &str, patch: &WebhookPatch) -> s
         set_rate_limit,
         rate_limit,
         patch.ordering.map(Ordering::as_str),
+        set_filter,
+        filter,
+        patch.headers.as_ref().map(CustomHeaders::to_json),
     )
     .execute(conn)
     .await?;
@@ -220,4 +237,26 @@ pub async fn disable<'e>(
     .fetch_one(db)
     .await?;
     Ok((row.off == 1).then_some(row.failed))
+}
+
+/// Every catalogue type: (name, archived, subscribed to by name by `current`).
+pub async fn subscribable(
+    pool: &PgPool,
+    current: Option<&str>,
+) -> sqlx::Result<Vec<(String, bool, bool)>> {
+    let rows = sqlx::query!(
+        r#"
+        SELECT t.name, t.archived_at IS NOT NULL AS "archived!",
+               coalesce(t.name = ANY (w.events), false) AS "kept!"
+        FROM webhook_event_types t
+        LEFT JOIN webhooks w ON w.id = $1
+        "#,
+        current,
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.name, r.archived, r.kept))
+        .collect())
 }

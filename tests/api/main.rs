@@ -6,6 +6,7 @@ mod group_commit;
 mod helpers;
 mod intake;
 mod isolation;
+mod operator;
 mod queue;
 mod rate_limit;
 mod reporting;

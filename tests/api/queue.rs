@@ -192,12 +192,14 @@ fn debug_output_never_contains_a_secret() {
         url: "https://example.com".into(),
         secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
         previous_secret: Some("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD".into()),
+        headers: serde_json::json!({"X-Api-Key": "gateway-token-1234"}),
         event_type: "pool.created".into(),
         body: "{}".into(),
         probe: false,
     };
     let shown = format!("{claimed:?}");
     assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+    assert!(!shown.contains("gateway-token"), "{shown}");
     assert!(!shown.contains("C2FVsBQI"), "{shown}");
     let config = crate::helpers::test_config_without_pool();
     assert!(!format!("{config:?}").contains(crate::helpers::KEY));

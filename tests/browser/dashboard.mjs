@@ -95,8 +95,43 @@ try {
   await page.click("#webhook-detail tr[data-delivery-id]");
   await page.waitForSelector("#attempt-table tbody tr");
 
+  // The actions, on the failing webhook (its receiver answers 200 by now).
+  phase = "settings";
+  const text = (sel) => page.$eval(sel, (n) => n.textContent);
+  await page.waitForSelector("#detail-actions:not([hidden])");
+  const circuit = await text("#detail-info .info-circuit");
+  if (!/open/.test(circuit)) fail(`circuit shows ${circuit}`);
+  const headers = await text("#detail-info .info-headers");
+  if (!headers.includes("X-Api-Key") || headers.includes(expected.header_value)) fail(`headers show ${headers}`);
+  const filter = await text("#detail-info .info-filter");
+  if (!filter.includes("pool_id")) fail(`filter shows ${filter}`);
+  const limit = await text("#detail-info .info-rate-limit");
+  if (!limit.includes("50/s")) fail(`rate limit shows ${limit}`);
+  const waitResult = (re) =>
+    page.waitForFunction((src) => new RegExp(src).test(document.querySelector("#action-result")?.textContent || ""), re.source);
+
+  phase = "retry";
+  await page.click("#action-retry");
+  await waitResult(/Retried dlv_\w+: success/);
+
+  phase = "test-event";
+  await page.click("#action-test");
+  await waitResult(/Test delivery dlv_\w+: success \(HTTP 200\)/);
+
+  phase = "recover";
+  await page.click("#action-recover");
+  await waitResult(new RegExp(`Requeued ${expected.recoverable} failed deliveries`));
+
+  phase = "re-enable";
+  await page.click(`#health-table tbody tr[data-webhook-id="${expected.order[2]}"]`);
+  await page.waitForSelector("#action-enable:not([hidden])");
+  await page.click("#action-enable");
+  await waitResult(/re-enabled/);
+  await page.waitForFunction(() => /State\s*active/.test(document.querySelector("#detail-info .info-state")?.textContent || ""));
+  if (!(await page.$eval("#action-enable", (b) => b.hidden))) fail("re-enable is still offered");
+
   if (consoleErrors.length) fail(`console errors:\n${consoleErrors.join("\n")}`);
-  console.log(`dashboard OK: ${rows.length} webhooks, ${bars} bars, ${failures} failures; screenshot ${screenshot}`);
+  console.log(`dashboard OK: ${rows.length} webhooks, ${bars} bars, ${failures} failures, 4 actions; screenshot ${screenshot}`);
 } catch (e) {
   console.error(`dashboard check failed (${phase}): ${e.message}`);
   process.exitCode = 1;

@@ -1,0 +1,380 @@
+-- Operator features: payload filters, custom headers, recover (a fresh retry
+-- schedule), replay (a window of retained events), and the event-type
+-- catalogue managed over HTTP (JSON Schema, archiving).
+
+-- Webhooks -----------------------------------------------------------------
+
+-- `filter`: {data_key: scalar | [scalars]} (validated by the API, see
+-- domain::filter); NULL = every event of the subscribed types. `{}` would
+-- mean the same and is stored as NULL, so the index below finds every
+-- filtered webhook by at least one term.
+-- `headers`: {name: value} sent on every attempt (domain::headers).
+ALTER TABLE webhooks
+    ADD COLUMN filter jsonb CHECK (filter IS NULL OR (jsonb_typeof(filter) = 'object' AND filter <> '{}')),
+    ADD COLUMN headers jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(headers) = 'object');
+
+-- The subscription patterns that accept an event type: '*', the name, and
+-- 'prefix.*' for every dot-prefix ('a.*', 'a.b.*' for 'a.b.c'). A webhook is
+-- subscribed when its patterns overlap these: one array test per
+-- (event, webhook), the same answer as domain::event_pattern gives.
+CREATE FUNCTION webhook_patterns_for(event_type text) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT ARRAY['*', event_type]
+        || coalesce(array_agg(array_to_string(s.parts[1:n], '.') || '.*' ORDER BY n), '{}')
+    FROM (SELECT string_to_array(event_type, '.') AS parts) s,
+         generate_series(1, cardinality(s.parts) - 1) AS n
+$$;
+
+-- One index term per (key, value) a filter accepts, and per top-level scalar
+-- of an event's data. Numbers are written without trailing zeros, so 1 and
+-- 1.0 (equal in jsonb) give one term. Terms only find candidates (a term
+-- shared by accident is a false candidate, which webhook_filter_matches then
+-- refuses); they never decide a match.
+CREATE FUNCTION webhook_filter_term(key text, value jsonb) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE STRICT AS $$
+    SELECT key || '=' || CASE WHEN jsonb_typeof(value) = 'number'
+                              THEN trim_scale(value::numeric)::text
+                              ELSE value::text END
+$$;
+
+CREATE FUNCTION webhook_filter_terms(filter jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(webhook_filter_term(f.key, v.value)), '{}')
+    FROM jsonb_each(filter) f,
+         jsonb_array_elements(CASE WHEN jsonb_typeof(f.value) = 'array' THEN f.value
+                                   ELSE jsonb_build_array(f.value) END) v
+$$;
+
+-- Keys and string values longer than a filter may hold (domain::filter:
+-- 200 and 500 characters) cannot match, so they make no term.
+CREATE FUNCTION webhook_data_terms(data jsonb) RETURNS text[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT coalesce(array_agg(webhook_filter_term(d.key, d.value)), '{}')
+    FROM jsonb_each(CASE WHEN jsonb_typeof(data) = 'object' THEN data END) d
+    WHERE jsonb_typeof(d.value) NOT IN ('object', 'array')
+      AND char_length(d.key) <= 200
+      AND (jsonb_typeof(d.value) <> 'string' OR char_length(d.value #>> '{}') <= 500)
+$$;
+
+-- Every key of the filter is in data with one of its values (jsonb
+-- equality: 1 = 1.0, "1" <> 1; a value that is an object or array in data
+-- matches nothing). An absent key never matches, not even `null`.
+CREATE FUNCTION webhook_filter_matches(filter jsonb, data jsonb) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT filter IS NULL OR NOT EXISTS (
+        SELECT 1 FROM jsonb_each(filter) f
+        WHERE NOT coalesce(
+            (data -> f.key) IS NOT NULL
+            AND CASE WHEN jsonb_typeof(f.value) = 'array'
+                     THEN f.value @> jsonb_build_array(data -> f.key)
+                     ELSE f.value = (data -> f.key) END,
+            false))
+$$;
+
+-- A filtered webhook is found by its terms: an event for one pool reaches
+-- the few webhooks filtering on that pool without reading the others.
+CREATE INDEX webhooks_filter_terms_idx ON webhooks USING gin (webhook_filter_terms(filter))
+    WHERE active AND filter IS NOT NULL;
+-- The unfiltered ones are read as before, without the filtered ones.
+CREATE INDEX webhooks_unfiltered_idx ON webhooks (id) WHERE active AND filter IS NULL;
+
+-- The fan-out with filters: unfiltered webhooks by subscription, filtered
+-- ones by index term, then subscription and the whole filter.
+CREATE OR REPLACE FUNCTION webhook_fan_out(events webhook_events[])
+RETURNS TABLE (event_id text, deliveries bigint) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    RETURN QUERY
+    WITH ev AS (
+        SELECT e.*, webhook_patterns_for(e.event_type) AS accepts, webhook_data_terms(e.data) AS terms
+        FROM unnest(events) AS e
+    ), targets AS (
+        SELECT e.id AS event_row, w.id AS webhook_id, w.ordering
+        FROM ev e JOIN webhooks w ON w.active AND w.filter IS NULL AND w.events && e.accepts
+        UNION ALL
+        SELECT e.id, w.id, w.ordering
+        FROM ev e JOIN webhooks w
+          ON w.active AND w.filter IS NOT NULL
+         AND webhook_filter_terms(w.filter) && e.terms
+         AND w.events && e.accepts
+         AND webhook_filter_matches(w.filter, e.data)
+    ), fanned AS (
+        INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, fifo_seq)
+        SELECT t.webhook_id, e.event_id, e.event_type,
+               webhook_body(e.event_type, e.event_id, e.occurred_at, e.data),
+               CASE WHEN t.ordering = 'fifo' THEN e.id END
+        FROM targets t JOIN ev e ON e.id = t.event_row
+        RETURNING webhook_deliveries.event_id
+    ), counted AS (
+        SELECT f.event_id, count(*) AS n FROM fanned f GROUP BY f.event_id
+    )
+    SELECT e.event_id, coalesce(c.n, 0)
+    FROM unnest(events) AS e
+    LEFT JOIN counted c ON c.event_id = e.event_id;
+END $$;
+
+-- Replay reads retained events by when they were accepted; created_at
+-- follows the identity order, so a BRIN index costs nearly nothing to keep.
+CREATE INDEX webhook_events_created_brin ON webhook_events USING brin (created_at);
+
+-- Deliveries -----------------------------------------------------------------
+
+-- Attempts made before the current retry schedule: a recovered delivery
+-- starts a fresh schedule (WEBHOOK_MAX_ATTEMPTS more tries, backoff from the
+-- first step) while its attempt log keeps counting.
+ALTER TABLE webhook_deliveries ADD COLUMN attempts_before integer NOT NULL DEFAULT 0;
+
+-- Event types ------------------------------------------------------------------
+
+-- `schema`: an optional JSON Schema for `data`, checked by the HTTP intake
+-- and the `publish` subcommand. `archived_at`: an archived type refuses new
+-- events and new subscriptions; what exists keeps working. Nothing is
+-- deleted (events reference their type).
+ALTER TABLE webhook_event_types
+    ADD COLUMN schema jsonb CHECK (schema IS NULL OR jsonb_typeof(schema) IN ('object', 'boolean')),
+    ADD COLUMN archived_at timestamptz,
+    ADD COLUMN created_at timestamptz NOT NULL DEFAULT now(),
+    ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();
+
+-- SQL producers meet an archived type in the publishing statement too.
+CREATE OR REPLACE FUNCTION webhook_events_check_type() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    archived timestamptz;
+BEGIN
+    SELECT t.archived_at INTO archived FROM webhook_event_types t WHERE t.name = NEW.event_type;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown event type "%"', NEW.event_type
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'known types are listed in webhook_event_types; add one with INSERT INTO webhook_event_types';
+    END IF;
+    IF archived IS NOT NULL THEN
+        RAISE EXCEPTION 'event type "%" is archived', NEW.event_type
+            USING ERRCODE = 'foreign_key_violation',
+                  HINT = 'an archived type accepts no new events; un-archive it with PATCH /api/v1/event-types/{name} {"archived": false}';
+    END IF;
+    IF EXISTS (SELECT 1 FROM webhook_events WHERE event_id = NEW.event_id) THEN
+        RETURN NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+
+-- The claim -------------------------------------------------------------------
+
+-- The claim also returns the webhook's custom headers and the attempts made
+-- in the current schedule. (A new output column needs DROP + CREATE; the
+-- body is migration 10's claim with those two additions.)
+DROP FUNCTION webhook_claim(integer, double precision, text[], integer[], integer);
+
+CREATE FUNCTION webhook_claim(batch integer, lease_ms double precision, busy_ids text[],
+                              busy_room integer[], new_room integer)
+RETURNS TABLE (id text, lease_token uuid, attempts integer, webhook_id text, url text,
+               secret text, previous_secret text, headers jsonb, event_type text, body text, probe boolean)
+LANGUAGE plpgsql VOLATILE
+SET plan_cache_mode = force_generic_plan
+AS $$
+#variable_conflict use_column
+DECLARE
+    lease_until timestamptz := now() + make_interval(secs => lease_ms / 1000);
+    candidates  text[];
+    wid         text;
+    c           record;
+    head_id     text;
+    head_at     timestamptz;
+    g           record;
+    remaining   integer := batch;
+    left_to_see integer;
+    room        integer;
+    want        integer;
+    got         integer;
+    is_probe    boolean;
+    i           integer;
+    pass        integer;
+    again       text[];
+    to_sleep    text[] := '{}';
+    sleepers    text[];
+BEGIN
+    SELECT array_agg(s.webhook_id ORDER BY s.ready_at) INTO candidates
+    FROM (SELECT s.webhook_id, s.ready_at FROM webhook_endpoint_state s
+          WHERE s.ready_at <= now()
+          ORDER BY s.ready_at
+          LIMIT batch + coalesce(cardinality(busy_ids), 0)) s;
+    busy_ids := coalesce(busy_ids, '{}');
+    busy_room := coalesce(busy_room, '{}');
+
+    -- Two passes: the first gives each webhook an even share of the batch; the
+    -- second lets those that had more due take what the others left.
+    FOR pass IN 1..2 LOOP
+    EXIT WHEN remaining <= 0 OR coalesce(cardinality(candidates), 0) = 0;
+    left_to_see := cardinality(candidates);
+    again := '{}';
+    FOREACH wid IN ARRAY candidates LOOP
+        EXIT WHEN remaining <= 0;
+        left_to_see := left_to_see - 1;
+
+        SELECT w.active, w.ordering, w.rate_limit, w.url, w.secret, w.headers, w.disabled_reason,
+               CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
+               s.circuit, s.open_until, s.throttle_tat
+        INTO c
+        FROM webhook_endpoint_state s JOIN webhooks w ON w.id = s.webhook_id
+        WHERE s.webhook_id = wid;
+        CONTINUE WHEN NOT FOUND;
+
+        IF NOT c.active THEN
+            -- Deactivated or disabled: what is pending is not sent (the dead
+            -- letter), a bounded batch per claim; the rest on the next ones.
+            PERFORM 1 FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+            UPDATE webhook_deliveries d
+            SET status = 'failed',
+                last_error = coalesce('not sent: the webhook was disabled: ' || c.disabled_reason,
+                                      'not sent: the webhook is inactive')
+            WHERE d.id IN (SELECT x.id FROM webhook_deliveries x
+                           WHERE x.webhook_id = wid AND x.status = 'pending' AND x.next_retry_at <= now()
+                           LIMIT 1000
+                           FOR UPDATE SKIP LOCKED);
+            -- What is still in flight comes back when its lease ends.
+            UPDATE webhook_endpoint_state s
+            SET ready_at = (SELECT min(x.next_retry_at) FROM webhook_deliveries x
+                            WHERE x.webhook_id = wid AND x.status = 'pending')
+            WHERE s.webhook_id = wid;
+            CONTINUE;
+        END IF;
+
+        -- Circuit, throttle and FIFO decisions must be exclusive across
+        -- instances: take the state row, or leave this webhook for next time.
+        -- (NO KEY UPDATE: publishers' KEY SHARE locks do not stand in the way.)
+        IF c.circuit <> 'closed' OR c.rate_limit IS NOT NULL OR c.ordering = 'fifo' THEN
+            SELECT s.circuit, s.open_until, s.throttle_tat INTO g
+            FROM webhook_endpoint_state s WHERE s.webhook_id = wid FOR NO KEY UPDATE SKIP LOCKED;
+            CONTINUE WHEN NOT FOUND;
+            c.circuit := g.circuit;
+            c.open_until := g.open_until;
+            c.throttle_tat := g.throttle_tat;
+        END IF;
+
+        is_probe := false;
+        IF c.circuit <> 'closed' THEN
+            IF c.open_until > now() THEN
+                IF c.circuit = 'open' THEN
+                    -- Cooling down: rows that came due since are deferred (one
+                    -- statement; no attempt is used).
+                    UPDATE webhook_deliveries d SET next_retry_at = c.open_until
+                    WHERE d.id IN (SELECT x.id FROM webhook_deliveries x
+                                   WHERE x.webhook_id = wid AND x.status = 'pending'
+                                     AND x.next_retry_at < c.open_until AND x.lease_token IS NULL
+                                   FOR UPDATE SKIP LOCKED);
+                END IF;
+                -- open: back at the end of the cool-down; half_open: when the
+                -- probe's lease ends (a probe lost with its worker is replaced).
+                UPDATE webhook_endpoint_state s SET ready_at = c.open_until WHERE s.webhook_id = wid;
+                CONTINUE;
+            END IF;
+            is_probe := true;
+        END IF;
+
+        i := array_position(busy_ids, wid);
+        room := CASE WHEN i IS NULL THEN new_room ELSE busy_room[i] END;
+        CONTINUE WHEN room <= 0;
+        want := least(room, ceil(remaining::numeric / (left_to_see + 1))::integer);
+        IF is_probe OR c.ordering = 'fifo' THEN
+            want := 1;
+        END IF;
+
+        IF c.rate_limit IS NOT NULL THEN
+            SELECT * INTO g FROM webhook_gcra(c.throttle_tat, now(), c.rate_limit, want) g;
+            IF g.allowed = 0 THEN
+                UPDATE webhook_endpoint_state s SET ready_at = g.next_at WHERE s.webhook_id = wid;
+                CONTINUE;
+            END IF;
+            want := g.allowed;
+        END IF;
+
+        head_id := NULL;
+        head_at := NULL;
+        IF c.ordering = 'fifo' THEN
+            -- The head is the oldest pending row in publish order. Leased (in
+            -- flight) or waiting for its retry, it holds the rest back.
+            SELECT x.id, x.next_retry_at INTO head_id, head_at FROM webhook_deliveries x
+            WHERE x.webhook_id = wid AND x.status = 'pending' AND x.fifo_seq IS NOT NULL
+            ORDER BY x.fifo_seq, x.id LIMIT 1;
+            IF head_at > now() THEN
+                UPDATE webhook_endpoint_state s SET ready_at = head_at WHERE s.webhook_id = wid;
+                CONTINUE;
+            END IF;
+            -- no FIFO row: only rows from before the switch to FIFO, one at a time
+        END IF;
+
+        RETURN QUERY
+        WITH due AS (
+            SELECT x.id FROM webhook_deliveries x
+            WHERE x.webhook_id = wid AND x.status = 'pending' AND x.next_retry_at <= now()
+              AND (head_id IS NULL OR x.id = head_id)
+            ORDER BY x.next_retry_at
+            LIMIT want
+            FOR UPDATE SKIP LOCKED
+        )
+        UPDATE webhook_deliveries d
+        SET next_retry_at = lease_until, lease_expires_at = lease_until, lease_token = gen_random_uuid()
+        FROM due WHERE d.id = due.id
+        RETURNING d.id, d.lease_token, d.attempts - d.attempts_before, d.webhook_id, c.url, c.secret, c.previous_secret, c.headers,
+                  d.event_type, d.body, is_probe;
+        GET DIAGNOSTICS got = ROW_COUNT;
+        remaining := remaining - got;
+        IF i IS NULL THEN
+            busy_ids := busy_ids || wid;
+            busy_room := busy_room || (new_room - got);
+        ELSE
+            busy_room[i] := busy_room[i] - got;
+        END IF;
+        IF got = want AND want < room AND NOT is_probe AND c.ordering <> 'fifo' AND c.rate_limit IS NULL THEN
+            again := again || wid;
+        END IF;
+
+        IF got > 0 AND c.rate_limit IS NOT NULL THEN
+            SELECT * INTO g FROM webhook_gcra(c.throttle_tat, now(), c.rate_limit, got) g;
+            UPDATE webhook_endpoint_state s SET throttle_tat = g.new_tat WHERE s.webhook_id = wid;
+        END IF;
+        IF got > 0 AND is_probe THEN
+            UPDATE webhook_endpoint_state s SET circuit = 'half_open', open_until = lease_until, ready_at = lease_until
+            WHERE s.webhook_id = wid;
+            CONTINUE;
+        END IF;
+        IF got > 0 AND c.ordering = 'fifo' THEN
+            -- back when the head's lease ends; the completer wakes it sooner
+            UPDATE webhook_endpoint_state s SET ready_at = lease_until WHERE s.webhook_id = wid;
+            CONTINUE;
+        END IF;
+
+        IF got < want OR (got > 0 AND cardinality(candidates) > 1) THEN
+            -- Done with it for now (see the end).
+            to_sleep := to_sleep || wid;
+        ELSIF c.rate_limit IS NOT NULL THEN
+            -- throttled: back at the next slot
+            UPDATE webhook_endpoint_state s
+            SET ready_at = greatest(now(), (SELECT g2.next_at FROM webhook_gcra(s.throttle_tat, now(), c.rate_limit, 0) g2))
+            WHERE s.webhook_id = wid;
+        END IF;
+    END LOOP;
+    candidates := again;
+    END LOOP;
+
+    -- The webhooks done with for now go to the back of the line if they have
+    -- more due (round robin), else to sleep until their earliest pending row
+    -- (a retry, or a lease that may expire). Only under FOR UPDATE, which a
+    -- publisher's KEY SHARE lock refuses, and in the next statement's fresh
+    -- snapshot: rows being inserted that we cannot see yet keep a webhook
+    -- awake. One statement each for all of them.
+    IF cardinality(to_sleep) > 0 THEN
+        SELECT array_agg(l.webhook_id) INTO sleepers
+        FROM (SELECT s.webhook_id FROM webhook_endpoint_state s
+              WHERE s.webhook_id = ANY(to_sleep)
+              ORDER BY s.webhook_id
+              FOR UPDATE SKIP LOCKED) l;
+        UPDATE webhook_endpoint_state s
+        SET ready_at = (SELECT CASE WHEN min(x.next_retry_at) <= now() THEN now()
+                                    ELSE min(x.next_retry_at) END
+                        FROM webhook_deliveries x
+                        WHERE x.webhook_id = s.webhook_id AND x.status = 'pending')
+        WHERE s.webhook_id = ANY(sleepers);
+    END IF;
+END $$;
