@@ -91,6 +91,39 @@ async fn the_filter_sql_gives_the_known_answers(pool: PgPool) {
 }
 
 #[sqlx::test]
+async fn the_two_subscription_tests_in_sql_agree(pool: PgPool) {
+    // Unfiltered webhooks are matched by migration 12's pattern test,
+    // filtered ones (and replay) by webhook_patterns_for: same answers.
+    let disagree: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM unnest($1::text[]) p, unnest($2::text[]) t
+         WHERE (ARRAY[p] && webhook_patterns_for(t)) IS DISTINCT FROM
+               ('*' = p OR t = p OR (right(p, 2) = '.*' AND starts_with(t, left(p, -1))))",
+    )
+    .bind(vec![
+        "*",
+        "pool.*",
+        "pool.created",
+        "price.*",
+        "a.*",
+        "a.b.*",
+        "a.b.c",
+        "a.b.c.*",
+    ])
+    .bind(vec![
+        "pool.created",
+        "pool.closed",
+        "price.alert",
+        "a.b.c",
+        "a.b",
+        "a.bc.d",
+    ])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(disagree, 0);
+}
+
+#[sqlx::test]
 async fn filtered_webhooks_get_only_matching_events_and_no_rows_for_the_rest(pool: PgPool) {
     let filtered = Receiver::start().await;
     let all = Receiver::start().await;
