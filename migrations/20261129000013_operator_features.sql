@@ -73,7 +73,12 @@ $$;
 
 -- A filtered webhook is found by its terms: an event for one pool reaches
 -- the few webhooks filtering on that pool without reading the others.
+-- fastupdate off: with it, new entries wait in a pending list that every
+-- lookup reads in full until vacuum merges it (10,000 registrations made
+-- each event's lookup 2.4 ms instead of 7 µs). Webhooks change rarely;
+-- paying the index write at registration is the right side of that trade.
 CREATE INDEX webhooks_filter_terms_idx ON webhooks USING gin (webhook_filter_terms(filter))
+    WITH (fastupdate = off)
     WHERE active AND filter IS NOT NULL;
 -- The unfiltered ones are read as before, without the filtered ones.
 CREATE INDEX webhooks_unfiltered_idx ON webhooks (id) WHERE active AND filter IS NULL;

@@ -388,6 +388,132 @@ async fn the_publish_subcommand_goes_through_the_same_intake(pool: PgPool) {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown event type"));
 }
 
+/// `publish --file -` with `ndjson` on its stdin.
+fn publish_stdin(pool: &PgPool, ndjson: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", database_url(pool))
+        .args(["publish", "--file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(ndjson).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[sqlx::test]
+async fn publish_checks_the_catalogue_like_the_http_intake(pool: PgPool) {
+    sqlx::query(
+        r#"UPDATE webhook_event_types SET schema = '{"type": "object", "properties": {"symbol": {"type": "string"}}}'
+           WHERE name = 'price.alert'"#,
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE webhook_event_types SET archived_at = now() WHERE name = 'pool.closed'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let publish = |args: &[&str]| {
+        Command::new(BIN)
+            .env_clear()
+            .env("DATABASE_URL", database_url(&pool))
+            .arg("publish")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let bad = publish(&["price.alert", r#"{"symbol": 5}"#]);
+    assert!(!bad.status.success());
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(stderr.contains("data/symbol"), "{stderr}");
+    let archived = publish(&["pool.closed", "{}"]);
+    assert!(!archived.status.success());
+    assert!(String::from_utf8_lossy(&archived.stderr).contains("archived"));
+    assert!(
+        publish(&["price.alert", r#"{"symbol": "SDT"}"#])
+            .status
+            .success()
+    );
+
+    let out = publish_stdin(
+        &pool,
+        b"{\"event\":\"price.alert\",\"data\":{\"symbol\":\"A\"}}\n{\"event\":\"price.alert\",\"data\":{\"symbol\":[]}}\n",
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("line 2") && stderr.contains("data/symbol"),
+        "{stderr}"
+    );
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM webhook_events")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, 1,
+        "only the valid single publish; the file's batch is all or nothing"
+    );
+}
+
+#[sqlx::test]
+async fn custom_header_values_never_reach_the_log_even_at_trace(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    receiver.script([Reply::status(500)]);
+    let log = std::env::temp_dir().join(format!("headers-log-{}.txt", std::process::id()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let file = std::fs::File::create(&log).unwrap();
+    let mut child = Command::new(BIN)
+        .env_clear()
+        .env("DATABASE_URL", database_url(&pool))
+        .env("PORT", port.to_string())
+        .env("ADMIN_API_KEY", KEY)
+        .env("WEBHOOK_ALLOW_PRIVATE_TARGETS", "true")
+        .env("WEBHOOK_RETRY_BASE_MS", "200")
+        .env("LOG_LEVEL", "trace")
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let client = helpers::http_client();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !matches!(client.get(format!("{base}/health")).send().await, Ok(r) if r.status() == 200) {
+        assert!(Instant::now() < deadline, "service did not become healthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let created = client
+        .post(format!("{base}/api/v1/webhooks"))
+        .bearer_auth(KEY)
+        .json(&json!({"url": receiver.url, "events": ["*"], "headers": {"X-Api-Key": "hdr-never-logged-42"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    sqlx::query("SELECT webhook_publish('pool.created', '{}')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    assert_eq!(got[1].header("x-api-key"), "hdr-never-logged-42");
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert!(text.contains("TRACE"), "the log was written at trace level");
+    assert!(
+        !text.contains("hdr-never-logged-42"),
+        "a header value was logged"
+    );
+}
+
 #[sqlx::test]
 async fn a_crash_before_the_group_commits_acknowledges_nothing_and_writes_nothing(pool: PgPool) {
     let service = Service::start(&pool, &[]).await;
@@ -417,7 +543,6 @@ async fn a_crash_before_the_group_commits_acknowledges_nothing_and_writes_nothin
 
 #[sqlx::test]
 async fn publish_reads_ndjson_from_a_file_or_stdin_in_batches(pool: PgPool) {
-    use std::io::Write;
     let receiver = Receiver::start().await;
     let service = Service::start(&pool, &[]).await;
     service.create_webhook(&receiver.url).await;
@@ -458,25 +583,11 @@ async fn publish_reads_ndjson_from_a_file_or_stdin_in_batches(pool: PgPool) {
 
     // stdin; a bad line stops it, naming the line; the batch holding it is
     // not written.
-    let mut child = Command::new(BIN)
-        .env_clear()
-        .env("DATABASE_URL", database_url(&pool))
-        .args(["publish", "--file", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(
-            b"{\"event\":\"pool.created\",\"event_id\":\"in-1\",\"data\":{}}\n\
-              {\"event\":\"pool.exploded\",\"event_id\":\"in-2\",\"data\":{}}\n",
-        )
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = publish_stdin(
+        &pool,
+        b"{\"event\":\"pool.created\",\"event_id\":\"in-1\",\"data\":{}}\n\
+          {\"event\":\"pool.exploded\",\"event_id\":\"in-2\",\"data\":{}}\n",
+    );
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 2: unknown event type"), "{stderr}");

@@ -7,8 +7,8 @@
 //! (a few seconds of each, for CI).
 //!
 //! `LOADTEST_BASELINE_BIN=/path/to/an/older/smartdrop-webhooks` runs the
-//! throughput and isolation scenarios with that binary too, first, in the
-//! same run: before and after side by side.
+//! throughput, fanout, wide, isolation and http-1/-32 scenarios with that
+//! binary too, first, in the same run: before and after side by side.
 //!
 //! It starts a fast loopback receiver, a fresh database per scenario, and the
 //! real service binary; registers webhooks through the API; publishes through
@@ -207,6 +207,8 @@ async fn main() -> anyhow::Result<()> {
         if let Some(old) = baseline.as_ref().filter(|_| {
             [
                 "throughput",
+                "fanout",
+                "wide",
                 "slow-neighbour",
                 "failing",
                 "http-1",

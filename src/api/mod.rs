@@ -14,6 +14,7 @@ pub mod health;
 pub mod openapi;
 pub mod page;
 pub mod rate_limit;
+pub mod recovery;
 pub mod stats;
 pub mod webhooks;
 
@@ -73,8 +74,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .route("/webhooks/{id}", web::get().to(webhooks::get))
                 .route("/webhooks/{id}", web::patch().to(webhooks::patch))
                 .route("/webhooks/{id}", web::delete().to(webhooks::delete))
-                .route("/webhooks/{id}/recover", web::post().to(webhooks::recover))
-                .route("/webhooks/{id}/replay", web::post().to(webhooks::replay))
+                .route("/webhooks/{id}/recover", web::post().to(recovery::recover))
+                .route("/webhooks/{id}/replay", web::post().to(recovery::replay))
                 .route(
                     "/webhooks/{id}/rotate-secret",
                     web::post().to(webhooks::rotate_secret),

@@ -5,7 +5,9 @@ use actix_web::HttpResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dashboard, deliveries, error, event_types, events, health, page, stats, webhooks};
+use super::{
+    dashboard, deliveries, error, event_types, events, health, page, recovery, stats, webhooks,
+};
 use crate::{queue, reporting};
 
 struct BearerAuth;
@@ -185,7 +187,7 @@ impl Modify for Contract {
     paths(
         health::health, health::metrics, serve, dashboard::page,
         webhooks::create, webhooks::list, webhooks::get, webhooks::patch, webhooks::delete,
-        webhooks::rotate_secret, webhooks::test, webhooks::recover, webhooks::replay,
+        webhooks::rotate_secret, webhooks::test, recovery::recover, recovery::replay,
         deliveries::list, deliveries::get, deliveries::retry,
         events::publish, events::publish_batch,
         event_types::list, event_types::create, event_types::patch, event_types::delete,
@@ -196,7 +198,7 @@ impl Modify for Contract {
         webhooks::WebhookWithSecret, webhooks::RotateSecret, webhooks::RotatedSecret, queue::Delivery, queue::Attempt, deliveries::DeliveryDetail,
         events::PublishEvent, events::Published, events::PublishBatch, events::PublishedBatch, health::Health,
         event_types::EventTypes, event_types::CreateEventType, event_types::PatchEventType, crate::catalogue::EventType,
-        webhooks::WindowBody, webhooks::RecoverResult, webhooks::ReplayResult,
+        recovery::WindowBody, recovery::RecoverResult, recovery::ReplayResult,
         page::Page<webhooks::WebhookView>, page::Page<queue::Delivery>,
         reporting::Stats, reporting::Totals, reporting::Backlog, reporting::WebhookHealth,
         reporting::HourlyVolume, reporting::FailureReason, reporting::RecentFailure,
