@@ -143,7 +143,7 @@ ALTER TABLE webhook_deliveries ADD COLUMN attempts_before integer NOT NULL DEFAU
 -- events and new subscriptions; what exists keeps working. Nothing is
 -- deleted (events reference their type).
 ALTER TABLE webhook_event_types
-    ADD COLUMN schema jsonb CHECK (schema IS NULL OR jsonb_typeof(schema) IN ('object', 'boolean')),
+    ADD COLUMN schema jsonb CHECK (schema IS NULL OR jsonb_typeof(schema) = 'object'),
     ADD COLUMN archived_at timestamptz,
     ADD COLUMN created_at timestamptz NOT NULL DEFAULT now(),
     ADD COLUMN updated_at timestamptz NOT NULL DEFAULT now();

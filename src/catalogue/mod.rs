@@ -81,9 +81,11 @@ pub enum TypeRefusal {
 /// Compiles a JSON Schema, refusing what cannot be one. Remote `$ref`s are
 /// refused too: jsonschema is built without its HTTP and file resolvers, so
 /// a schema can never make the service fetch anything.
+/// Boolean schemas are refused too: `true` is no schema (send `null`), and
+/// `false` would refuse every event (archive the type instead).
 pub fn compile(schema: &Value) -> Result<jsonschema::Validator, String> {
-    if !matches!(schema, Value::Object(_) | Value::Bool(_)) {
-        return Err("must be a JSON Schema: an object (or true/false)".into());
+    if !schema.is_object() {
+        return Err("must be a JSON Schema object (send null for no schema)".into());
     }
     jsonschema::validator_for(schema).map_err(|e| format!("not a valid JSON Schema: {e}"))
 }
@@ -312,6 +314,8 @@ mod tests {
     #[test]
     fn a_schema_must_compile_and_names_the_failing_path() {
         assert!(compile(&json!("string")).is_err());
+        assert!(compile(&json!(true)).is_err());
+        assert!(compile(&json!(false)).is_err());
         assert!(compile(&json!({"type": "no-such-type"})).is_err());
         assert!(compile(&json!({"$ref": "https://example.com/schema.json"})).is_err());
         let v = compile(&json!({

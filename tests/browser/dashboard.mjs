@@ -129,6 +129,7 @@ try {
   await waitResult(/re-enabled/);
   await page.waitForFunction(() => /State\s*active/.test(document.querySelector("#detail-info .info-state")?.textContent || ""));
   if (!(await page.$eval("#action-enable", (b) => b.hidden))) fail("re-enable is still offered");
+  await page.screenshot({ path: screenshot.replace(/\.png$/, "-actions.png"), fullPage: true });
 
   if (consoleErrors.length) fail(`console errors:\n${consoleErrors.join("\n")}`);
   console.log(`dashboard OK: ${rows.length} webhooks, ${bars} bars, ${failures} failures, 4 actions; screenshot ${screenshot}`);
