@@ -68,7 +68,10 @@ async fn publish(
     let pool = db::connect(&config.database_url, 1).await?;
     // The HTTP intake's checks (archived types, JSON Schemas); the SQL
     // statement then refuses what the database refuses.
-    let catalogue = smartdrop_webhooks::catalogue::Catalogue::new(pool.clone());
+    let catalogue = smartdrop_webhooks::catalogue::Catalogue::new(
+        pool.clone(),
+        db::Bounds::new(config.statement_timeout(), Default::default()),
+    );
     if let Err((_, refusal)) = catalogue
         .check(std::iter::once((event_type, data.get())))
         .await?
@@ -108,7 +111,10 @@ async fn publish_file(config: &Config, file: &std::path::Path) -> anyhow::Result
         .context("could not connect to Postgres (DATABASE_URL)")?;
     let publisher = intake::Publisher::start(
         pool.clone(),
-        smartdrop_webhooks::catalogue::Catalogue::new(pool),
+        smartdrop_webhooks::catalogue::Catalogue::new(
+            pool,
+            db::Bounds::new(config.statement_timeout(), Default::default()),
+        ),
         1,
         config.statement_timeout() + db::NO_ANSWER_MARGIN,
         std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),

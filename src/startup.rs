@@ -226,7 +226,10 @@ pub fn api_state(
             ),
         ));
     // Read by the intake on every publish (cached), changed by the API.
-    let catalogue = crate::catalogue::Catalogue::new(intake_pool.clone());
+    let catalogue = crate::catalogue::Catalogue::new(
+        intake_pool.clone(),
+        crate::db::Bounds::new(config.statement_timeout(), Default::default()),
+    );
     let publisher = Publisher::start(
         intake_pool,
         catalogue.clone(),

@@ -13,6 +13,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
 
+use crate::db::{Bounds, Interrupted};
+
 /// How long a checked catalogue is trusted before it is read again: a
 /// change made on another instance or in SQL takes effect here within this
 /// time (one made through this instance's API, at once).
@@ -164,14 +166,18 @@ struct Snapshot {
 /// yet), schemas compiled once per change. Shared by an instance's tasks.
 pub struct Catalogue {
     pool: PgPool,
+    /// A read that gets no answer in time fails the request (a `503`)
+    /// instead of holding it and every request waiting behind it.
+    bounds: Bounds,
     snapshot: RwLock<Option<Arc<Snapshot>>>,
     reading: tokio::sync::Mutex<()>,
 }
 
 impl Catalogue {
-    pub fn new(pool: PgPool) -> Arc<Self> {
+    pub fn new(pool: PgPool, bounds: Bounds) -> Arc<Self> {
         Arc::new(Self {
             pool,
+            bounds,
             snapshot: RwLock::new(None),
             reading: tokio::sync::Mutex::new(()),
         })
@@ -187,7 +193,7 @@ impl Catalogue {
     pub async fn check<'a>(
         &self,
         events: impl Iterator<Item = (&'a str, &'a str)> + Clone,
-    ) -> sqlx::Result<Result<(), (usize, TypeRefusal)>> {
+    ) -> Result<Result<(), (usize, TypeRefusal)>, Interrupted> {
         let asked = Instant::now();
         let mut snapshot = self.current(asked, false).await?;
         if events.clone().any(|(t, _)| !snapshot.rules.contains_key(t)) {
@@ -212,7 +218,7 @@ impl Catalogue {
 
     /// A snapshot read after `asked` if `must_read` (a type was unknown),
     /// else any fresh one. Concurrent callers share one read.
-    async fn current(&self, asked: Instant, must_read: bool) -> sqlx::Result<Arc<Snapshot>> {
+    async fn current(&self, asked: Instant, must_read: bool) -> Result<Arc<Snapshot>, Interrupted> {
         let usable = |s: &Option<Arc<Snapshot>>| {
             s.as_ref()
                 .filter(|s| {
@@ -233,7 +239,10 @@ impl Catalogue {
             return Ok(s);
         }
         let read_at = Instant::now();
-        let rows = store::rules(&self.pool).await?;
+        let rows = self
+            .bounds
+            .run(&self.pool, |conn| Box::pin(store::rules(conn)))
+            .await?;
         let mut rules = HashMap::with_capacity(rows.len());
         for row in rows {
             let schema = row.schema.and_then(|schema| {

@@ -95,11 +95,11 @@ pub struct Rule {
     pub archived: bool,
 }
 
-pub async fn rules(pool: &PgPool) -> sqlx::Result<Vec<Rule>> {
+pub async fn rules(conn: &mut sqlx::PgConnection) -> sqlx::Result<Vec<Rule>> {
     sqlx::query_as!(
         Rule,
         r#"SELECT name, schema, archived_at IS NOT NULL AS "archived!" FROM webhook_event_types"#
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await
 }

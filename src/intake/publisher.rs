@@ -98,8 +98,7 @@ impl Publisher {
         let checked = self
             .catalogue
             .check(events.iter().map(|e| (e.event_type.as_str(), e.data.get())))
-            .await
-            .map_err(Interrupted::Database)?;
+            .await?;
         if let Err((index, refusal)) = checked {
             let error = match refusal {
                 // Worded as the publishing trigger words it.

@@ -772,3 +772,24 @@ async fn event_types_are_managed_over_http_with_schemas_and_archiving(pool: PgPo
         202
     );
 }
+
+#[sqlx::test]
+async fn a_catalogue_the_database_cannot_show_in_time_is_a_503_not_a_hang(pool: PgPool) {
+    let app = TestApp::spawn_with(pool, |c| c.database_statement_timeout_ms = 300).await;
+    let mut holder = app.pool.acquire().await.unwrap();
+    sqlx::query("BEGIN").execute(&mut *holder).await.unwrap();
+    sqlx::query("LOCK TABLE webhook_event_types IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let r = publish(&app, "pool.created", json!({})).await;
+    assert_eq!(r.status(), 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap();
+    assert_eq!(publish(&app, "pool.created", json!({})).await.status(), 202);
+}
