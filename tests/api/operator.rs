@@ -793,3 +793,55 @@ async fn a_catalogue_the_database_cannot_show_in_time_is_a_503_not_a_hang(pool: 
     sqlx::query("ROLLBACK").execute(&mut *holder).await.unwrap();
     assert_eq!(publish(&app, "pool.created", json!({})).await.status(), 202);
 }
+
+#[sqlx::test]
+async fn concurrent_replays_of_one_webhook_create_each_delivery_once(pool: PgPool) {
+    let late = Receiver::start().await;
+    let app = TestApp::spawn(pool).await;
+    let since = now_minus(5);
+    // 2,500 events fanned out to nobody (three replay chunks).
+    sqlx::query("SELECT count(webhook_publish('pool.created', jsonb_build_object('i', g))) FROM generate_series(1, 2500) g")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let swept = |pool: PgPool| async move {
+        loop {
+            let left: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM webhook_events WHERE dispatched_at IS NULL",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            if left == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    swept(app.pool.clone()).await;
+    let hook = create(&app, json!({"url": late.url, "events": ["*"]})).await;
+    let id = hook["id"].as_str().unwrap().to_owned();
+    let path = format!("/api/v1/webhooks/{id}/replay");
+    let calls: Vec<_> = (0..4)
+        .map(|_| app.post(&path, json!({"since": since})))
+        .collect();
+    let mut created = 0;
+    for r in futures_util::future::join_all(calls).await {
+        assert_eq!(r.status(), 202);
+        created += r.json::<Value>().await.unwrap()["created"]
+            .as_i64()
+            .unwrap();
+    }
+    assert_eq!(
+        created, 2500,
+        "four concurrent replays create each delivery once"
+    );
+    let rows: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT event_id) - count(*) FROM webhook_deliveries WHERE webhook_id = $1",
+    )
+    .bind(&id)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    assert_eq!(rows, 0, "no event twice");
+}
