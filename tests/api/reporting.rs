@@ -455,13 +455,17 @@ async fn metrics_parse_as_prometheus_text_and_move_with_deliveries(pool: PgPool)
     })
     .await;
 
-    // The queue gauges come from a background refresh (every 250 ms here):
-    // wait for one after the last delivery.
+    // The queue gauges come from a background refresh (every 250 ms here),
+    // and an outcome is counted once its recording statement has returned,
+    // a moment after the row reads `success`: wait for both to settle.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     let mut after = scrape(&app).await;
-    while counter(&after, "webhook_due_backlog", None) != 0.0
-        && std::time::Instant::now() < deadline
-    {
+    let settled = |m: &prometheus_parse::Scrape| {
+        counter(m, "webhook_due_backlog", None) == 0.0
+            && counter(m, "webhook_in_flight_deliveries", None) == 0.0
+            && counter(m, "webhook_deliveries_total", Some(("outcome", "success"))) >= 1.0
+    };
+    while !settled(&after) && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         after = scrape(&app).await;
     }
