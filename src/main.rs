@@ -70,7 +70,7 @@ async fn publish(
     // statement then refuses what the database refuses.
     let catalogue = smartdrop_webhooks::catalogue::Catalogue::new(
         pool.clone(),
-        db::Bounds::new(config.statement_timeout(), Default::default()),
+        config.statement_timeout() + db::NO_ANSWER_MARGIN,
     );
     if let Err((_, refusal)) = catalogue
         .check(std::iter::once((event_type, data.get())))
@@ -110,11 +110,7 @@ async fn publish_file(config: &Config, file: &std::path::Path) -> anyhow::Result
         .await
         .context("could not connect to Postgres (DATABASE_URL)")?;
     let publisher = intake::Publisher::start(
-        pool.clone(),
-        smartdrop_webhooks::catalogue::Catalogue::new(
-            pool,
-            db::Bounds::new(config.statement_timeout(), Default::default()),
-        ),
+        pool,
         1,
         config.statement_timeout() + db::NO_ANSWER_MARGIN,
         std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),

@@ -225,14 +225,8 @@ pub fn api_state(
                 config.statement_timeout(),
             ),
         ));
-    // Read by the intake on every publish (cached), changed by the API.
-    let catalogue = crate::catalogue::Catalogue::new(
-        intake_pool.clone(),
-        crate::db::Bounds::new(config.statement_timeout(), Default::default()),
-    );
     let publisher = Publisher::start(
         intake_pool,
-        catalogue.clone(),
         INTAKE_COMMITTERS,
         config.statement_timeout() + crate::db::NO_ANSWER_MARGIN,
         metrics.clone(),
@@ -247,8 +241,9 @@ pub fn api_state(
     Ok(web::Data::new(ApiState {
         pool,
         health_pool,
+        // Read by the intake on every publish (cached), changed by the API.
+        catalogue: publisher.catalogue(),
         publisher,
-        catalogue,
         deliverer,
         metrics,
         admin_key: AdminKey::new(admin_key),

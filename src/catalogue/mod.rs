@@ -174,10 +174,15 @@ pub struct Catalogue {
 }
 
 impl Catalogue {
-    pub fn new(pool: PgPool, bounds: Bounds) -> Arc<Self> {
+    /// Reads on `pool` get `limit` (statement timeout + margin, as every
+    /// other bounded database call) to answer.
+    pub fn new(pool: PgPool, limit: std::time::Duration) -> Arc<Self> {
         Arc::new(Self {
             pool,
-            bounds,
+            bounds: Bounds {
+                limit,
+                shutdown: Default::default(),
+            },
             snapshot: RwLock::new(None),
             reading: tokio::sync::Mutex::new(()),
         })

@@ -72,13 +72,10 @@ impl Publisher {
     /// each transaction is bounded by `limit` from this side (a database
     /// that stops answering gets the requests a `503`, not a hang). The tasks
     /// end when the last handle is dropped.
-    pub fn start(
-        pool: PgPool,
-        catalogue: Arc<Catalogue>,
-        committers: usize,
-        limit: Duration,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn start(pool: PgPool, committers: usize, limit: Duration, metrics: Arc<Metrics>) -> Self {
+        // Checked against before a job is queued; read on the same
+        // connections, with the same bound.
+        let catalogue = Catalogue::new(pool.clone(), limit);
         let (jobs, queue) = mpsc::channel(1024);
         let queue = Arc::new(Mutex::new(queue));
         for _ in 0..committers.max(1) {
@@ -90,6 +87,12 @@ impl Publisher {
             tokio::spawn(committer.run(queue.clone()));
         }
         Self { jobs, catalogue }
+    }
+
+    /// The catalogue this publisher checks events against (the API
+    /// invalidates it when it changes a type).
+    pub fn catalogue(&self) -> Arc<Catalogue> {
+        self.catalogue.clone()
     }
 
     /// Writes `events` all or nothing, in one transaction (shared with other

@@ -419,10 +419,6 @@ async fn a_repeat_of_an_event_still_waiting_for_the_sweep_is_fanned_out_and_coun
         .unwrap();
     let publisher = Publisher::start(
         pool.clone(),
-        smartdrop_webhooks::catalogue::Catalogue::new(
-            pool.clone(),
-            smartdrop_webhooks::db::Bounds::new(Duration::from_secs(10), Default::default()),
-        ),
         1,
         Duration::from_secs(10),
         std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),
