@@ -109,6 +109,7 @@ pub async fn http_intake(
         p99_ms: pct(0.99),
         peak_rss_mb: Some(service.peak_rss_mb()),
         cpu_s_per_1k: Some(service.cpu_since_start() / (accepted.max(1) as f64 / 1000.0)),
+        pg_us_per_delivery: None,
         note: format!(
             "events accepted/s, {connections} conn, {}; {refused} refused; delivered {delivered}, distinct {distinct}, duplicates {}{}",
             if batch > 0 {

@@ -6,9 +6,16 @@
 //! keep-alive connections; http-batch: batches of 500 on 4), all, or smoke
 //! (a few seconds of each, for CI).
 //!
-//! `LOADTEST_BASELINE_BIN=/path/to/an/older/smartdrop-webhooks` runs the
-//! throughput, fanout, wide, isolation and http-1/-32 scenarios with that
-//! binary too, first, in the same run: before and after side by side.
+//! `--baseline /path/to/an/older/smartdrop-webhooks` (or
+//! `LOADTEST_BASELINE_BIN`) runs the throughput, fanout, wide, wide-body,
+//! isolation and http-1/-32 scenarios with that binary too, alternating with
+//! the current one for `--rounds N` (default 1), and prints the after/before
+//! ratio of the medians: before and after from one run.
+//!
+//! `wide-body` is one event with 200 KiB of data to 2,000 webhooks; it
+//! reports how much the database and the WAL grew. Where the server preloads
+//! `pg_stat_statements`, every scenario also reports Postgres execution time
+//! per delivery (`pg µs/d`).
 //!
 //! It starts a fast loopback receiver, a fresh database per scenario, and the
 //! real service binary; registers webhooks through the API; publishes through
@@ -25,6 +32,7 @@ mod service;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -53,6 +61,9 @@ pub struct Report {
     pub p99_ms: Option<f64>,
     pub peak_rss_mb: Option<f64>,
     pub cpu_s_per_1k: Option<f64>,
+    /// Postgres execution time per delivery (pg_stat_statements), when the
+    /// server preloads it.
+    pub pg_us_per_delivery: Option<f64>,
     pub note: String,
 }
 
@@ -110,7 +121,7 @@ pub async fn wait_ok(tally: &Tally, expected: u64, timeout: Duration) -> bool {
 fn print_row(r: &Report) {
     let opt = |v: Option<f64>| v.map(|v| format!("{v:.1}")).unwrap_or_else(|| "-".into());
     println!(
-        "| {:<10} | {:>9} | {:>8.2} | {:>9.0} | {:>6.3} | {:>6} | {:>6} | {:>6} | {:>7} | {:>7} | {}",
+        "| {:<10} | {:>9} | {:>8.2} | {:>9.0} | {:>6.3} | {:>6} | {:>6} | {:>6} | {:>7} | {:>7} | {:>7} | {}",
         r.scenario,
         r.deliveries,
         r.seconds,
@@ -123,14 +134,106 @@ fn print_row(r: &Report) {
         r.cpu_s_per_1k
             .map(|v| format!("{v:.3}"))
             .unwrap_or_else(|| "-".into()),
+        opt(r.pg_us_per_delivery),
         r.note
     );
+}
+
+/// The scenarios run with the baseline binary too.
+const COMPARED: &[&str] = &[
+    "throughput",
+    "fanout",
+    "wide",
+    "wide-body",
+    "slow-neighbour",
+    "failing",
+    "http-1",
+    "http-32",
+];
+
+/// `loadtest [--baseline PATH] [--rounds N] [SCENARIO]`.
+struct Args {
+    scenario: String,
+    baseline: Option<String>,
+    rounds: usize,
+}
+
+impl Args {
+    fn parse() -> anyhow::Result<Self> {
+        let mut args = Self {
+            scenario: "all".into(),
+            baseline: std::env::var("LOADTEST_BASELINE_BIN").ok(),
+            rounds: 1,
+        };
+        let mut it = std::env::args().skip(1);
+        while let Some(arg) = it.next() {
+            match arg.as_str() {
+                "--baseline" => {
+                    let path = it.next().context("--baseline needs a path to a binary")?;
+                    anyhow::ensure!(
+                        std::path::Path::new(&path).is_file(),
+                        "--baseline {path}: no such file"
+                    );
+                    args.baseline = Some(path);
+                }
+                "--rounds" => {
+                    args.rounds = it
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .filter(|n| *n >= 1)
+                        .context("--rounds needs a number >= 1")?;
+                }
+                flag if flag.starts_with("--") => anyhow::bail!("unknown option {flag}"),
+                name => args.scenario = name.into(),
+            }
+        }
+        Ok(args)
+    }
+}
+
+fn median(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// One line: the ratio after/before of the medians of each figure.
+fn compare(name: &str, before: &[Report], after: &[Report]) -> String {
+    let ratio = |f: &dyn Fn(&Report) -> Option<f64>| {
+        let b = median(before.iter().filter_map(f).collect())?;
+        let a = median(after.iter().filter_map(f).collect())?;
+        Some(format!("{b:.1} -> {a:.1} ({:.2}x)", a / b))
+    };
+    let mut parts = vec![format!(
+        "rate {}",
+        ratio(&|r| Some(r.rate)).unwrap_or_default()
+    )];
+    parts.push(format!(
+        "seconds {}",
+        ratio(&|r| Some(r.seconds)).unwrap_or_default()
+    ));
+    if let Some(pg) = ratio(&|r| r.pg_us_per_delivery) {
+        parts.push(format!("Postgres µs/delivery {pg}"));
+    }
+    if let Some(p99) = ratio(&|r| r.p99_ms) {
+        parts.push(format!("p99 ms {p99}"));
+    }
+    format!(
+        "{name}, median of {} round(s), before -> after: {}",
+        before.len(),
+        parts.join("; ")
+    )
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let scenario = std::env::args().nth(1).unwrap_or_else(|| "all".into());
+    let args = Args::parse()?;
+    let scenario = args.scenario.clone();
     let smoke = scenario == "smoke";
     let server_url = std::env::var("LOADTEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
@@ -168,10 +271,10 @@ async fn main() -> anyhow::Result<()> {
         sample_body().len()
     );
     println!(
-        "| scenario   | delivered |  seconds |    per s  |  ratio | p50 ms | p95 ms | p99 ms | RSS MB | CPU s/1k | note"
+        "| scenario   | delivered |  seconds |    per s  |  ratio | p50 ms | p95 ms | p99 ms | RSS MB | CPU s/1k | pg µs/d | note"
     );
     println!(
-        "|------------|-----------|----------|-----------|--------|--------|--------|--------|---------|---------|-----"
+        "|------------|-----------|----------|-----------|--------|--------|--------|--------|---------|---------|---------|-----"
     );
 
     let mut ctx = Ctx {
@@ -188,6 +291,7 @@ async fn main() -> anyhow::Result<()> {
             "throughput",
             "fanout",
             "wide",
+            "wide-body",
             "steady",
             "backlog",
             "failing",
@@ -201,33 +305,38 @@ async fn main() -> anyhow::Result<()> {
         "http-intake" => vec!["http-1", "http-32", "http-batch"],
         one => vec![one],
     };
-    let baseline = std::env::var("LOADTEST_BASELINE_BIN").ok();
     let mut reports = vec![];
+    let mut ratios = vec![];
     for name in names {
-        if let Some(old) = baseline.as_ref().filter(|_| {
-            [
-                "throughput",
-                "fanout",
-                "wide",
-                "slow-neighbour",
-                "failing",
-                "http-1",
-                "http-32",
-            ]
-            .contains(&name)
-        }) {
-            let current = std::mem::replace(&mut ctx.bin, old.clone());
-            let mut report = scenarios::run(&mut ctx, name).await?;
-            ctx.bin = current;
-            report.scenario = format!("{name} (before)");
+        let Some(old) = args.baseline.as_ref().filter(|_| COMPARED.contains(&name)) else {
+            let report = scenarios::run(&mut ctx, name).await?;
             print_row(&report);
             reports.push(report);
+            continue;
+        };
+        // Before and after alternate, so drift on this noisy machine falls
+        // on both; the ratio compares medians.
+        let (mut before, mut after) = (vec![], vec![]);
+        for _ in 0..args.rounds {
+            let current = std::mem::replace(&mut ctx.bin, old.clone());
+            let report = scenarios::run(&mut ctx, name).await;
+            ctx.bin = current;
+            let mut report = report?;
+            report.scenario = format!("{name} (before)");
+            print_row(&report);
+            before.push(report.clone());
+            reports.push(report);
+            let report = scenarios::run(&mut ctx, name).await?;
+            print_row(&report);
+            after.push(report.clone());
+            reports.push(report);
         }
-        let report = scenarios::run(&mut ctx, name).await?;
-        print_row(&report);
-        reports.push(report);
+        ratios.push(compare(name, &before, &after));
     }
     println!();
+    for line in &ratios {
+        println!("{line}");
+    }
     for r in &reports {
         println!("{}", serde_json::to_string(r)?);
     }

@@ -57,6 +57,61 @@ impl Db {
         })
     }
 
+    /// Registers `n` webhooks at `{receiver}/ok/{i}` in SQL (the API's
+    /// validation is not what is measured); `filtered`: each on `pool.*`
+    /// with a filter on its own `pool_id` (`p{i}`), else on everything.
+    pub async fn register_in_sql(
+        &self,
+        receiver: &str,
+        n: i64,
+        filtered: bool,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO webhooks (url, events, secret, filter)
+             SELECT $1 || '/ok/' || i,
+                    CASE WHEN $3 THEN '{pool.*}' ELSE '{*}' END::text[],
+                    'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+                    CASE WHEN $3 THEN jsonb_build_object('pool_id', 'p' || i) END
+             FROM generate_series(0, $2 - 1) i",
+        )
+        .bind(receiver)
+        .bind(n)
+        .bind(filtered)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Starts counting Postgres execution time in this database, where the
+    /// server preloads pg_stat_statements (elsewhere the figure is absent).
+    pub async fn pg_time_start(&self) {
+        let _ = self
+            .pool
+            .execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await;
+        let _ = self
+            .pool
+            .execute(
+                "SELECT pg_stat_statements_reset(0, (SELECT oid FROM pg_database
+                                                     WHERE datname = current_database()), 0)",
+            )
+            .await;
+    }
+
+    /// Postgres execution time (every statement of every session in this
+    /// database, nested work included) per delivery since `pg_time_start`.
+    pub async fn pg_us_per_delivery(&self, deliveries: u64) -> Option<f64> {
+        let ms: Option<f64> = sqlx::query_scalar(
+            "SELECT sum(total_exec_time)::float8 FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .ok()
+        .flatten();
+        ms.map(|ms| ms * 1000.0 / deliveries.max(1) as f64)
+    }
+
     pub async fn drop_it(self) -> anyhow::Result<()> {
         self.pool.close().await;
         let mut admin = sqlx::PgConnection::connect(&self.server_url).await?;
@@ -194,6 +249,7 @@ pub async fn run(ctx: &mut Ctx, name: &str) -> anyhow::Result<Report> {
         "throughput" => throughput(ctx).await,
         "fanout" => fanout(ctx).await,
         "wide" => wide(ctx).await,
+        "wide-body" => wide_body(ctx).await,
         "steady" => steady(ctx).await,
         "backlog" => backlog(ctx).await,
         "failing" => crate::isolation::failing(ctx).await,
@@ -215,12 +271,13 @@ async fn throughput(ctx: &mut Ctx) -> anyhow::Result<Report> {
     service
         .register(&ctx.client, &format!("{}/ok/0", ctx.receiver))
         .await;
+    db.pg_time_start().await;
     let started = Instant::now();
     publish_in_batches(&db.pool, total, 500).await?;
     let complete = wait_ok(&ctx.tally, total as u64, Duration::from_secs(300)).await;
     let seconds = elapsed_to_last(ctx, started);
     let delivered = ctx.tally.ok.load(Ordering::Relaxed);
-    let report = finish(
+    let mut report = finish(
         ctx,
         "throughput",
         delivered,
@@ -232,6 +289,7 @@ async fn throughput(ctx: &mut Ctx) -> anyhow::Result<Report> {
             "INCOMPLETE".into()
         },
     );
+    report.pg_us_per_delivery = db.pg_us_per_delivery(delivered).await;
     service.stop();
     db.drop_it().await?;
     Ok(report)
@@ -247,6 +305,7 @@ async fn fanout(ctx: &mut Ctx) -> anyhow::Result<Report> {
             .register(&ctx.client, &format!("{}/ok/{i}", ctx.receiver))
             .await;
     }
+    db.pg_time_start().await;
     let started = Instant::now();
     publish_in_batches(&db.pool, events, 500).await?;
     let expected = (hooks * events) as u64;
@@ -257,7 +316,8 @@ async fn fanout(ctx: &mut Ctx) -> anyhow::Result<Report> {
         "{hooks} webhooks × {events} events{}",
         if complete { "" } else { " INCOMPLETE" }
     );
-    let report = finish(ctx, "fanout", delivered, seconds, &service, note);
+    let mut report = finish(ctx, "fanout", delivered, seconds, &service, note);
+    report.pg_us_per_delivery = db.pg_us_per_delivery(delivered).await;
     service.stop();
     db.drop_it().await?;
     Ok(report)
@@ -278,6 +338,7 @@ async fn wide(ctx: &mut Ctx) -> anyhow::Result<Report> {
         .buffer_unordered(16)
         .for_each(|_| async {})
         .await;
+    db.pg_time_start().await;
     let started = Instant::now();
     publish_batch(&db.pool, 1, 1).await?;
     let complete = wait_ok(&ctx.tally, hooks as u64, Duration::from_secs(120)).await;
@@ -288,7 +349,46 @@ async fn wide(ctx: &mut Ctx) -> anyhow::Result<Report> {
         seconds,
         if complete { "" } else { " INCOMPLETE" }
     );
-    let report = finish(ctx, "wide", delivered, seconds, &service, note);
+    let mut report = finish(ctx, "wide", delivered, seconds, &service, note);
+    report.pg_us_per_delivery = db.pg_us_per_delivery(delivered).await;
+    service.stop();
+    db.drop_it().await?;
+    Ok(report)
+}
+
+/// One event with 200 KiB of data (that compresses poorly, like hashes and
+/// calldata) to 2,000 webhooks: how much the database and the WAL grew by
+/// the time every delivery arrived.
+async fn wide_body(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let hooks: i64 = if ctx.smoke { 100 } else { 2_000 };
+    let db = Db::fresh(ctx, "wide_body").await?;
+    let service = Service::start(&ctx.bin, &db.url, &[]).await;
+    db.register_in_sql(&ctx.receiver, hooks, false).await?;
+    sqlx::query("CHECKPOINT").execute(&db.pool).await?;
+    let sizes = "SELECT pg_database_size(current_database())::float8, \
+                        pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8";
+    let (db_before, wal_before): (f64, f64) = sqlx::query_as(sizes).fetch_one(&db.pool).await?;
+    db.pg_time_start().await;
+    let started = Instant::now();
+    sqlx::query(
+        "SELECT webhook_publish('pool.created', jsonb_build_object('pad',
+             (SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 6400))))",
+    )
+    .execute(&db.pool)
+    .await?;
+    let complete = wait_ok(&ctx.tally, hooks as u64, Duration::from_secs(120)).await;
+    let seconds = elapsed_to_last(ctx, started);
+    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
+    let (db_after, wal_after): (f64, f64) = sqlx::query_as(sizes).fetch_one(&db.pool).await?;
+    let mb = |b: f64| b / (1024.0 * 1024.0);
+    let note = format!(
+        "1 event (200 KiB data) → {hooks} webhooks: database +{:.1} MB, WAL +{:.1} MB{}",
+        mb(db_after - db_before),
+        mb(wal_after - wal_before),
+        if complete { "" } else { " INCOMPLETE" }
+    );
+    let mut report = finish(ctx, "wide-body", delivered, seconds, &service, note);
+    report.pg_us_per_delivery = db.pg_us_per_delivery(delivered).await;
     service.stop();
     db.drop_it().await?;
     Ok(report)
@@ -306,17 +406,7 @@ async fn filtered(ctx: &mut Ctx) -> anyhow::Result<Report> {
     };
     let db = Db::fresh(ctx, "filtered").await?;
     let service = Service::start(&ctx.bin, &db.url, &[]).await;
-    // Registered in SQL: the API's validation is not what is measured here.
-    sqlx::query(
-        "INSERT INTO webhooks (url, events, secret, filter)
-         SELECT $1 || '/ok/' || i, '{pool.*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
-                jsonb_build_object('pool_id', 'p' || i)
-         FROM generate_series(0, $2 - 1) i",
-    )
-    .bind(&ctx.receiver)
-    .bind(hooks)
-    .execute(&db.pool)
-    .await?;
+    db.register_in_sql(&ctx.receiver, hooks, true).await?;
     // Production's autovacuum analyzes a table that grew this much; this
     // machine runs with autovacuum off.
     sqlx::query("ANALYZE webhooks").execute(&db.pool).await?;

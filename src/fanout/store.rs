@@ -18,7 +18,10 @@ pub async fn dispatch(conn: &mut sqlx::PgConnection, batch: i64) -> sqlx::Result
             LIMIT $1
             FOR UPDATE SKIP LOCKED
         ), marked AS (
-            UPDATE webhook_events e SET dispatched_at = now()
+            -- the body, stored once per event (migration 14)
+            UPDATE webhook_events e
+            SET dispatched_at = now(),
+                body = webhook_body(e.event_type, e.event_id, e.occurred_at, e.data)
             FROM ev WHERE e.id = (ev.e).id
         )
         -- The deliveries themselves: migration 12, shared with the HTTP intake.
@@ -90,9 +93,8 @@ pub async fn replay_chunk(
             ORDER BY e.id
             LIMIT $6
         ), ins AS (
-            INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, fifo_seq)
-            SELECT w.id, e.event_id, e.event_type,
-                   webhook_body(e.event_type, e.event_id, e.occurred_at, e.data),
+            INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, event_seq, fifo_seq)
+            SELECT w.id, e.event_id, e.event_type, e.id,
                    CASE WHEN w.ordering = 'fifo' THEN e.id END
             FROM chunk e JOIN webhooks w ON w.id = $1
             WHERE w.events && webhook_patterns_for(e.event_type)

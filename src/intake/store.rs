@@ -24,10 +24,13 @@ pub async fn publish(
     let rows = sqlx::query!(
         r#"
         WITH ins AS (
-            INSERT INTO webhook_events (event_type, event_id, data, occurred_at, dispatched_at)
-            SELECT t, i, d::jsonb, coalesce(o, now()), now()
-            FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
-                 WITH ORDINALITY AS e(t, i, d, o, n)
+            INSERT INTO webhook_events (event_type, event_id, data, occurred_at, dispatched_at, body)
+            SELECT t, i, j, o, now(),
+                   -- stored once per event; deliveries reference it (migration 14)
+                   webhook_body(t, i, o, j)
+            FROM (SELECT t, i, d::jsonb AS j, coalesce(o, now()) AS o, n
+                  FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
+                       WITH ORDINALITY AS e(t, i, d, o, n)) e
             ORDER BY n
             ON CONFLICT (event_id) DO NOTHING
             RETURNING *
@@ -41,7 +44,9 @@ pub async fn publish(
         ), waiting AS (
             SELECT s.e FROM stored s WHERE (s.e).dispatched_at IS NULL
         ), marked AS (
-            UPDATE webhook_events e SET dispatched_at = now()
+            UPDATE webhook_events e
+            SET dispatched_at = now(),
+                body = webhook_body(e.event_type, e.event_id, e.occurred_at, e.data)
             FROM waiting w WHERE e.id = (w.e).id
         )
         SELECT f.event_id AS "event_id!", f.deliveries AS "deliveries!"

@@ -71,7 +71,7 @@ pub async fn insert_claimed(
             RETURNING id, lease_token, attempts, webhook_id, event_type, body
         )
         SELECT ins.id, ins.lease_token AS "lease_token!", ins.attempts, ins.webhook_id,
-               ins.event_type, ins.body, w.url, w.secret, w.headers,
+               ins.event_type, ins.body AS "body!", w.url, w.secret, w.headers,
                CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
                false AS "probe!"
         FROM ins JOIN webhooks w ON w.id = ins.webhook_id
@@ -123,7 +123,7 @@ pub async fn claim_failed(
         RETURNING d.id, d.lease_token AS "lease_token!", d.attempts - d.attempts_before AS "attempts!",
                   d.webhook_id, w.url, w.secret, w.headers,
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
-                  d.event_type, d.body, false AS "probe!"
+                  d.event_type, webhook_delivery_body(d.body, d.event_seq) AS "body!", false AS "probe!"
         "#,
         webhook_id,
         delivery_id,

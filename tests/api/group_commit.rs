@@ -462,7 +462,7 @@ async fn a_repeat_of_an_event_still_waiting_for_the_sweep_is_fanned_out_and_coun
     );
     // The first publish's data wins, as through SQL.
     let body: String = sqlx::query_scalar(
-        "SELECT body FROM webhook_deliveries WHERE event_id = 'waiting' LIMIT 1",
+        "SELECT webhook_delivery_body(body, event_seq) FROM webhook_deliveries WHERE event_id = 'waiting' LIMIT 1",
     )
     .fetch_one(&pool)
     .await

@@ -12,4 +12,5 @@ mod rate_limit;
 mod reporting;
 mod retries;
 mod ssrf;
+mod storage;
 mod webhooks;

@@ -281,8 +281,8 @@ async fn a_filtered_fan_out_looks_up_webhooks_by_index(pool: PgPool) {
         "{plan:#?}"
     );
     let fanned: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT f.event_id, f.deliveries FROM webhook_fan_out(ARRAY[
-            (1, 'evt_a', 'pool.created', '{\"pool_id\": \"p7\"}'::jsonb, now(), now(), now())::webhook_events]) f",
+        "SELECT f.event_id, f.deliveries FROM webhook_fan_out(ARRAY[jsonb_populate_record(NULL::webhook_events,
+            '{\"id\": 1, \"event_id\": \"evt_a\", \"event_type\": \"pool.created\", \"data\": {\"pool_id\": \"p7\"}}')]) f",
     )
     .fetch_all(&pool)
     .await
