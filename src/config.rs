@@ -76,6 +76,11 @@ pub struct Config {
     /// Deliveries claimed per query.
     #[arg(long, env = "WEBHOOK_RETRY_BATCH", default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub webhook_retry_batch: u32,
+    /// Most deliveries one fan-out transaction writes; an event with more
+    /// subscribers fans out in chunks of this size, each sent as soon as it
+    /// commits.
+    #[arg(long, env = "WEBHOOK_FANOUT_CHUNK", default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub webhook_fanout_chunk: u32,
     /// Deliveries in flight at once per instance.
     #[arg(long, env = "WEBHOOK_DELIVERY_CONCURRENCY", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub webhook_delivery_concurrency: u32,

@@ -113,6 +113,7 @@ async fn publish_file(config: &Config, file: &std::path::Path) -> anyhow::Result
         pool,
         1,
         config.statement_timeout() + db::NO_ANSWER_MARGIN,
+        config.webhook_fanout_chunk as i64,
         std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),
     );
     let mut lines = BufReader::new(input).lines();

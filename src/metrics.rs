@@ -16,6 +16,10 @@ pub struct Metrics {
     pub attempt_seconds: Histogram,
     pub events_dispatched: Counter,
     pub deliveries_created: Counter,
+    pub fan_out_failures: Counter,
+    pub events_set_aside: Counter,
+    /// Events set aside now (all instances), from the background refresh.
+    pub events_set_aside_now: Gauge,
     pub events_published_http: Counter,
     pub in_flight: Gauge,
     pub listener_reconnects: Counter,
@@ -59,6 +63,19 @@ impl Metrics {
         describe(
             "webhook_deliveries_created_total",
             "Deliveries created by fan-out.",
+        );
+        describe(
+            "webhook_fan_out_failures_total",
+            "Fan-out transactions that failed on something about the events (not the connection).",
+        );
+        describe(
+            "webhook_events_set_aside_total",
+            "Events set aside after repeated fan-out failures.",
+        );
+        recorder.describe_gauge(
+            "webhook_events_set_aside".into(),
+            None,
+            "Events set aside now, waiting for webhook_retry_fan_out (all instances).".into(),
         );
         describe(
             "webhook_events_published_total",
@@ -105,6 +122,9 @@ impl Metrics {
                 .register_histogram(&key("webhook_attempt_duration_seconds", &[]), &meta),
             events_dispatched: counter("webhook_events_dispatched_total", &[]),
             deliveries_created: counter("webhook_deliveries_created_total", &[]),
+            fan_out_failures: counter("webhook_fan_out_failures_total", &[]),
+            events_set_aside: counter("webhook_events_set_aside_total", &[]),
+            events_set_aside_now: gauge("webhook_events_set_aside"),
             events_published_http: counter("webhook_events_published_total", &[("source", "http")]),
             in_flight: gauge("webhook_in_flight_deliveries"),
             listener_reconnects: counter("webhook_listener_reconnects_total", &[]),

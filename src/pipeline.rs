@@ -22,6 +22,7 @@ pub struct PipelineHealth {
     /// f64 bits.
     oldest_due_age_s: AtomicU64,
     open_circuits: AtomicI64,
+    events_set_aside: AtomicI64,
 }
 
 /// The pipeline as `/health` reports it.
@@ -35,6 +36,7 @@ pub struct Report {
     pub due: i64,
     pub oldest_due_age_s: f64,
     pub open_circuits: i64,
+    pub events_set_aside: i64,
 }
 
 fn now_ms() -> i64 {
@@ -77,6 +79,7 @@ impl PipelineHealth {
             due: self.due.load(Ordering::Relaxed),
             oldest_due_age_s: f64::from_bits(self.oldest_due_age_s.load(Ordering::Relaxed)),
             open_circuits: self.open_circuits.load(Ordering::Relaxed),
+            events_set_aside: self.events_set_aside.load(Ordering::Relaxed),
         }
     }
 
@@ -92,17 +95,19 @@ impl PipelineHealth {
             let read = async {
                 let backlog = crate::reporting::store::backlog(&pool).await?;
                 let open = crate::queue::endpoints::open_count(&pool).await?;
-                Ok::<_, sqlx::Error>((backlog, open))
+                let set_aside = crate::fanout::store::set_aside_count(&pool).await?;
+                Ok::<_, sqlx::Error>((backlog, open, set_aside))
             };
             let read = tokio::time::timeout(every.max(Duration::from_secs(2)), read);
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 result = read => match result {
-                    Ok(Ok((backlog, open))) => {
+                    Ok(Ok((backlog, open, set_aside))) => {
                         self.due.store(backlog.due, Ordering::Relaxed);
                         let age = backlog.oldest_due_age_seconds.unwrap_or(0.0);
                         self.oldest_due_age_s.store(age.to_bits(), Ordering::Relaxed);
                         self.open_circuits.store(open, Ordering::Relaxed);
+                        self.events_set_aside.store(set_aside, Ordering::Relaxed);
                     }
                     Ok(Err(e)) => tracing::debug!(error = %e, "reading the backlog failed"),
                     Err(_) => tracing::debug!("reading the backlog timed out"),

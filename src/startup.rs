@@ -111,6 +111,7 @@ impl Application {
             wake: wakeups.events.clone(),
             deliveries_ready: wakeups.deliveries.clone(),
             poll,
+            chunk: self.config.webhook_fanout_chunk as i64,
             metrics: self.metrics.clone(),
         };
         let bounds = db::Bounds::new(self.config.statement_timeout(), shutdown.clone());
@@ -229,6 +230,7 @@ pub fn api_state(
         intake_pool,
         INTAKE_COMMITTERS,
         config.statement_timeout() + crate::db::NO_ANSWER_MARGIN,
+        config.webhook_fanout_chunk as i64,
         metrics.clone(),
     );
     let health_pool = PgPoolOptions::new()

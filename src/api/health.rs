@@ -85,6 +85,10 @@ pub async fn metrics(state: web::Data<ApiState>) -> HttpResponse {
         .metrics
         .circuits_open
         .set(pipeline.open_circuits as f64);
+    state
+        .metrics
+        .events_set_aside_now
+        .set(pipeline.events_set_aside as f64);
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(state.metrics.render())

@@ -202,7 +202,7 @@ impl Modify for Contract {
         page::Page<webhooks::WebhookView>, page::Page<queue::Delivery>,
         reporting::Stats, reporting::Totals, reporting::Backlog, reporting::WebhookHealth,
         reporting::HourlyVolume, reporting::FailureReason, reporting::RecentFailure,
-        reporting::OpenCircuit, reporting::DisabledWebhook,
+        reporting::OpenCircuit, reporting::DisabledWebhook, reporting::SetAsideEvent,
         queue::endpoints::CircuitView, queue::breaker::Circuit, crate::webhooks::Ordering,
     )),
     modifiers(&BearerAuth, &Contract),

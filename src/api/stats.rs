@@ -55,9 +55,10 @@ async fn stats(
         store::failure_reasons(pool, since, only),
         store::recent_failures(pool, since, only),
     )?;
-    let (open_circuits, disabled_webhooks) = tokio::try_join!(
+    let (open_circuits, disabled_webhooks, set_aside_events) = tokio::try_join!(
         store::open_circuits(pool, only),
-        store::disabled(pool, only)
+        store::disabled(pool, only),
+        store::set_aside(pool, only),
     )?;
     Ok(Stats {
         window,
@@ -71,6 +72,7 @@ async fn stats(
         recent_failures,
         open_circuits,
         disabled_webhooks,
+        set_aside_events,
     })
 }
 

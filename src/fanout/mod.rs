@@ -1,5 +1,7 @@
 //! Stage 2: each committed event becomes one delivery per active webhook whose
-//! subscriptions match, in one transaction, exactly once across instances.
+//! subscriptions match, exactly once across instances, in transactions of at
+//! most `WEBHOOK_FANOUT_CHUNK` deliveries; an event whose fan-out keeps
+//! failing is set aside instead of holding up the events behind it.
 //! Woken by NOTIFY on `webhook_events`; every wake-up is a full sweep, so a
 //! missed notification (restart, lost connection) loses nothing.
 pub mod replay;
@@ -16,6 +18,8 @@ use crate::metrics::Metrics;
 
 /// Events claimed per transaction by the sweep.
 const BATCH: i64 = 200;
+/// Failed fan-outs of one event in a row before it is set aside.
+pub const MAX_FAILURES: i32 = 3;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum FanoutOutcome {
@@ -23,19 +27,55 @@ pub enum FanoutOutcome {
     Idle,
 }
 
-/// One sweep of up to `BATCH` events, bounded by `bounds`.
+/// One sweep of up to `events` events and `chunk` deliveries, bounded by
+/// `bounds`.
 pub async fn run_once(
     pool: &PgPool,
     bounds: &db::Bounds,
+    events: i64,
+    chunk: i64,
 ) -> Result<FanoutOutcome, db::Interrupted> {
-    let (events, deliveries) = bounds
-        .run(pool, |conn| Box::pin(store::dispatch(conn, BATCH)))
+    let (done, deliveries) = bounds
+        .run(pool, move |conn| {
+            Box::pin(store::dispatch(conn, events, chunk))
+        })
         .await?;
-    Ok(if events == 0 {
+    Ok(if done == 0 && deliveries == 0 {
         FanoutOutcome::Idle
     } else {
-        FanoutOutcome::Dispatched { events, deliveries }
+        FanoutOutcome::Dispatched {
+            events: done,
+            deliveries,
+        }
     })
+}
+
+/// Whether a failed fan-out says something about the events it was writing
+/// (and counts towards setting one aside), rather than about the database
+/// or the connection, which fail every event alike and pass. By SQLSTATE:
+/// connection (08), transaction rollback: serialization, deadlock (40),
+/// operator intervention: shutdown, crash (57P), lock not available
+/// (55P03) and too many connections (53300) pass; the rest, a statement
+/// timeout (57014), a full disk (53100) or a constraint or trigger error,
+/// count.
+pub fn counts_against_the_event(sqlstate: Option<&str>) -> bool {
+    match sqlstate {
+        None => false,
+        Some(code) => {
+            !(code.starts_with("08")
+                || code.starts_with("40")
+                || code.starts_with("57P")
+                || code == "55P03"
+                || code == "53300")
+        }
+    }
+}
+
+fn sqlstate(e: &db::Interrupted) -> Option<String> {
+    match e {
+        db::Interrupted::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+        _ => None,
+    }
 }
 
 /// Who the fan-out loop wakes and reports to.
@@ -44,10 +84,16 @@ pub struct FanoutContext {
     pub wake: Arc<Notify>,
     pub deliveries_ready: Arc<Notify>,
     pub poll: Duration,
+    /// Most deliveries per fan-out transaction (`WEBHOOK_FANOUT_CHUNK`).
+    pub chunk: i64,
     pub metrics: Arc<Metrics>,
 }
 
-/// Sweeps on start, on every wake-up and every `poll` as a fallback.
+/// Sweeps on start, on every wake-up and every `poll` as a fallback. After a
+/// failure that points at the events, the sweep goes one event at a time, so
+/// the failure is the head event's: it is recorded against it, and after
+/// `MAX_FAILURES` in a row the event is set aside and the events behind it
+/// go on.
 pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
     let shutdown = bounds.shutdown.clone();
     let FanoutContext {
@@ -55,13 +101,15 @@ pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
         wake,
         deliveries_ready,
         poll,
+        chunk,
         metrics,
     } = ctx;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut per_call = BATCH;
     loop {
         loop {
-            match run_once(&pool, &bounds).await {
+            match run_once(&pool, &bounds, per_call, chunk).await {
                 Ok(FanoutOutcome::Dispatched { events, deliveries }) => {
                     tracing::debug!(events, deliveries, "fanned out");
                     metrics.events_dispatched.increment(events as u64);
@@ -70,12 +118,29 @@ pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
                         // Saves the NOTIFY round trip for this instance's worker.
                         deliveries_ready.notify_one();
                     }
+                    per_call = BATCH;
                     if shutdown.is_cancelled() {
                         return;
                     }
                 }
                 Ok(FanoutOutcome::Idle) => break,
                 Err(db::Interrupted::ShuttingDown) => return,
+                Err(e) if counts_against_the_event(sqlstate(&e).as_deref()) => {
+                    metrics.fan_out_failures.increment(1);
+                    if per_call > 1 {
+                        tracing::warn!(error = %e, "fan-out failed; going on one event at a time");
+                        per_call = 1;
+                        continue;
+                    }
+                    if !record_failure(&pool, &bounds, &e.to_string(), &metrics).await {
+                        break;
+                    }
+                    // A short pause, not the poll: the events behind wait.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(FAILURE_PAUSE) => {}
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "fan-out failed; retrying at the next wake-up");
                     break;
@@ -86,6 +151,65 @@ pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
             _ = shutdown.cancelled() => return,
             _ = wake.notified() => {}
             _ = tick.tick() => {}
+        }
+    }
+}
+
+/// Between failed fan-outs of one event.
+const FAILURE_PAUSE: Duration = Duration::from_millis(200);
+
+/// Records the failure against the head event; false when that could not be
+/// done (the sweep then waits for its next wake-up).
+async fn record_failure(
+    pool: &PgPool,
+    bounds: &db::Bounds,
+    error: &str,
+    metrics: &Metrics,
+) -> bool {
+    let error = error.to_owned();
+    let recorded = bounds
+        .run(pool, move |conn| {
+            let error = error.clone();
+            Box::pin(async move { store::record_failure(conn, &error, MAX_FAILURES).await })
+        })
+        .await;
+    match recorded {
+        Ok(Some((event_id, true))) => {
+            metrics.events_set_aside.increment(1);
+            tracing::error!(
+                event_id,
+                failures = MAX_FAILURES,
+                "fan-out failed {MAX_FAILURES} times in a row; the event is set aside (webhook_events_set_aside) \
+                 until retried with SELECT webhook_retry_fan_out('<event_id>')"
+            );
+            true
+        }
+        Ok(Some((event_id, false))) => {
+            tracing::warn!(event_id, "fan-out of this event failed; retrying it alone");
+            true
+        }
+        Ok(None) => false,
+        Err(e) => {
+            tracing::warn!(error = %e, "recording a failed fan-out failed");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::counts_against_the_event as counts;
+
+    #[test]
+    fn failures_of_the_database_do_not_count_against_an_event() {
+        for code in [
+            "08006", "08003", "40001", "40P01", "57P01", "57P03", "55P03", "53300",
+        ] {
+            assert!(!counts(Some(code)), "{code}");
+        }
+        assert!(!counts(None), "no SQLSTATE: a connection or pool error");
+        for code in ["57014", "53100", "23505", "P0001", "22P02", "54000"] {
+            assert!(counts(Some(code)), "{code}");
         }
     }
 }

@@ -1,39 +1,53 @@
-//! The fan-out sweep: claim undispatched events, mark them dispatched and
-//! insert their deliveries, all in one statement (so one transaction); and
-//! replay, which creates deliveries for events already fanned out.
+//! The fan-out sweep: claim undispatched events, insert their deliveries
+//! (a bounded number per transaction) and mark them dispatched; the record
+//! of a failed fan-out; and replay, which creates deliveries for events
+//! already fanned out.
 use chrono::{DateTime, Utc};
 
-/// Fans out up to `batch` undispatched events, oldest first. Returns
-/// (events dispatched, deliveries created).
-pub async fn dispatch(conn: &mut sqlx::PgConnection, batch: i64) -> sqlx::Result<(i64, i64)> {
-    let rows = sqlx::query!(
-        r#"
-        WITH ev AS (
-            -- webhook_events_undispatched_idx; FOR UPDATE SKIP LOCKED makes each
-            -- event fan out in exactly one transaction, however many instances
-            -- sweep at once.
-            SELECT e FROM webhook_events e
-            WHERE dispatched_at IS NULL
-            ORDER BY id
-            LIMIT $1
-            FOR UPDATE SKIP LOCKED
-        ), marked AS (
-            -- the body, stored once per event (migration 14)
-            UPDATE webhook_events e
-            SET dispatched_at = now(),
-                body = webhook_body(e.event_type, e.event_id, e.occurred_at, e.data)
-            FROM ev WHERE e.id = (ev.e).id
-        )
-        -- The deliveries themselves: migration 12, shared with the HTTP intake.
-        SELECT f.deliveries AS "deliveries!"
-        FROM webhook_fan_out(ARRAY(SELECT ev.e FROM ev)) f
-        "#,
-        batch,
+/// Fans out undispatched events, oldest first: up to `events` of them and
+/// at most `chunk` deliveries in this transaction (`webhook_dispatch`,
+/// migration 15; an event with more subscribers than that is finished by
+/// the next calls). Returns (events finished, deliveries created).
+pub async fn dispatch(
+    conn: &mut sqlx::PgConnection,
+    events: i64,
+    chunk: i64,
+) -> sqlx::Result<(i64, i64)> {
+    let row = sqlx::query!(
+        r#"SELECT events_done AS "events!", deliveries AS "deliveries!" FROM webhook_dispatch($1::int4, $2::int4)"#,
+        events.clamp(1, i32::MAX as i64) as i32,
+        chunk.clamp(1, i32::MAX as i64) as i32,
     )
-    .fetch_all(conn)
+    .fetch_one(conn)
     .await?;
-    // One row per event dispatched.
-    Ok((rows.len() as i64, rows.iter().map(|r| r.deliveries).sum()))
+    Ok((row.events, row.deliveries))
+}
+
+/// Records a failed fan-out against the event at the head of the sweep and
+/// sets it aside after `max_failures` in a row. Returns that event's id and
+/// whether it is now set aside; `None` when no event is waiting.
+pub async fn record_failure(
+    conn: &mut sqlx::PgConnection,
+    error: &str,
+    max_failures: i32,
+) -> sqlx::Result<Option<(String, bool)>> {
+    let row = sqlx::query!(
+        r#"SELECT event_id AS "event_id!", set_aside AS "set_aside!" FROM webhook_fan_out_failed($1, $2)"#,
+        error,
+        max_failures,
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.event_id, r.set_aside)))
+}
+
+/// Events set aside now (`webhook_events_set_aside_idx`).
+pub async fn set_aside_count(pool: &sqlx::PgPool) -> sqlx::Result<i64> {
+    sqlx::query_scalar!(
+        r#"SELECT count(*) AS "n!" FROM webhook_events WHERE dispatched_at IS NULL AND set_aside_at IS NOT NULL"#
+    )
+    .fetch_one(pool)
+    .await
 }
 
 /// Locks the webhook against a concurrent replay of itself (replays of one

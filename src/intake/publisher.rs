@@ -72,7 +72,15 @@ impl Publisher {
     /// each transaction is bounded by `limit` from this side (a database
     /// that stops answering gets the requests a `503`, not a hang). The tasks
     /// end when the last handle is dropped.
-    pub fn start(pool: PgPool, committers: usize, limit: Duration, metrics: Arc<Metrics>) -> Self {
+    /// `chunk` is `WEBHOOK_FANOUT_CHUNK`: a group whose fan-out could pass it
+    /// is left to the sweep (`store::publish`).
+    pub fn start(
+        pool: PgPool,
+        committers: usize,
+        limit: Duration,
+        chunk: i64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         // Checked against before a job is queued; read on the same
         // connections, with the same bound.
         let catalogue = Catalogue::new(pool.clone(), limit);
@@ -82,6 +90,7 @@ impl Publisher {
             let committer = Committer {
                 pool: pool.clone(),
                 limit,
+                chunk,
                 metrics: metrics.clone(),
             };
             tokio::spawn(committer.run(queue.clone()));
@@ -133,6 +142,7 @@ impl Publisher {
 struct Committer {
     pool: PgPool,
     limit: Duration,
+    chunk: i64,
     metrics: Arc<Metrics>,
 }
 
@@ -185,7 +195,8 @@ impl Committer {
         };
         let ready = jobs;
         let events: Vec<&NewEvent> = ready.iter().flat_map(|j| j.events.iter()).collect();
-        let written = tokio::time::timeout_at(deadline, write(&mut conn, &events)).await;
+        let written =
+            tokio::time::timeout_at(deadline, write(&mut conn, &events, self.chunk)).await;
         drop(events);
         match written {
             Ok(Ok(fanned)) => self.answer_written(ready, fanned),
@@ -194,8 +205,10 @@ impl Committer {
                 // failure reaches only the job that sent it.
                 let mut jobs = ready.into_iter();
                 while let Some(job) = jobs.next() {
-                    let alone =
-                        tokio::time::timeout(self.limit, write_alone(&mut conn, &job.events));
+                    let alone = tokio::time::timeout(
+                        self.limit,
+                        write_alone(&mut conn, &job.events, self.chunk),
+                    );
                     match alone.await {
                         Ok(Ok(fanned)) => self.answer_written(vec![job], fanned),
                         Ok(Err(refused)) => job.answer(Err(refused)),
@@ -278,7 +291,11 @@ fn answer_all(jobs: Vec<Job>, e: Interrupted) {
 
 /// Writes and fans out `events` in one statement: all or nothing, and
 /// committed when it returns (autocommit) unless `conn` is in a transaction.
-async fn write(conn: &mut PgConnection, events: &[&NewEvent]) -> sqlx::Result<Vec<(String, i64)>> {
+async fn write(
+    conn: &mut PgConnection,
+    events: &[&NewEvent],
+    chunk: i64,
+) -> sqlx::Result<Vec<(String, i64)>> {
     let types: Vec<String> = events.iter().map(|e| e.event_type.clone()).collect();
     let ids: Vec<String> = events
         .iter()
@@ -286,7 +303,7 @@ async fn write(conn: &mut PgConnection, events: &[&NewEvent]) -> sqlx::Result<Ve
         .collect();
     let data: Vec<&str> = events.iter().map(|e| e.data.get()).collect();
     let occurred: Vec<_> = events.iter().map(|e| e.occurred_at).collect();
-    store::publish(conn, &types, &ids, &data, &occurred).await
+    store::publish(conn, &types, &ids, &data, &occurred, chunk).await
 }
 
 /// One job on its own, event by event in one transaction, so a value
@@ -294,11 +311,12 @@ async fn write(conn: &mut PgConnection, events: &[&NewEvent]) -> sqlx::Result<Ve
 async fn write_alone(
     conn: &mut PgConnection,
     events: &[NewEvent],
+    chunk: i64,
 ) -> Result<Vec<(String, i64)>, Refused> {
     let mut tx = conn.begin().await.map_err(Interrupted::Database)?;
     let mut fanned = Vec::with_capacity(events.len());
     for (index, e) in events.iter().enumerate() {
-        let one = write(&mut tx, &[e]).await.map_err(|e| {
+        let one = write(&mut tx, &[e], chunk).await.map_err(|e| {
             if db::is_row_error(&e) {
                 Refused::Invalid {
                     index,

@@ -113,4 +113,20 @@ pub struct Stats {
     pub open_circuits: Vec<OpenCircuit>,
     /// Webhooks the service disabled (410 Gone, a circuit open too long).
     pub disabled_webhooks: Vec<DisabledWebhook>,
+    /// Events whose fan-out failed repeatedly, oldest first (up to 100; empty
+    /// in a webhook's stats): put one back with
+    /// `SELECT webhook_retry_fan_out('<event_id>')`.
+    pub set_aside_events: Vec<SetAsideEvent>,
+}
+
+/// An event set aside after repeated fan-out failures (`webhook_events_set_aside`).
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct SetAsideEvent {
+    pub event_id: String,
+    pub event: String,
+    pub created_at: DateTime<Utc>,
+    pub failures: i32,
+    /// The last failure's error.
+    pub error: Option<String>,
+    pub set_aside_at: Option<DateTime<Utc>>,
 }

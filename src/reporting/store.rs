@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::{
-    Backlog, DisabledWebhook, FailureReason, HourlyVolume, OpenCircuit, RecentFailure, Totals,
-    WebhookHealth,
+    Backlog, DisabledWebhook, FailureReason, HourlyVolume, OpenCircuit, RecentFailure,
+    SetAsideEvent, Totals, WebhookHealth,
 };
 
 /// Failing webhooks first: consecutive failures, then failed deliveries, then
@@ -145,6 +145,26 @@ pub async fn disabled(pool: &PgPool, only: Option<&str>) -> sqlx::Result<Vec<Dis
         LIMIT 100
         "#,
         only,
+    )
+    .fetch_all(pool)
+    .await
+}
+
+/// Set-aside events, oldest first; none for one webhook's stats (an event
+/// that was never fanned out belongs to no webhook yet).
+pub async fn set_aside(pool: &PgPool, only: Option<&str>) -> sqlx::Result<Vec<SetAsideEvent>> {
+    if only.is_some() {
+        return Ok(vec![]);
+    }
+    sqlx::query_as!(
+        SetAsideEvent,
+        r#"
+        SELECT event_id AS "event_id!", event_type AS "event!", created_at AS "created_at!",
+               fan_out_failures AS "failures!", fan_out_error AS error, set_aside_at
+        FROM webhook_events_set_aside
+        ORDER BY created_at
+        LIMIT 100
+        "#
     )
     .fetch_all(pool)
     .await

@@ -421,6 +421,7 @@ async fn a_repeat_of_an_event_still_waiting_for_the_sweep_is_fanned_out_and_coun
         pool.clone(),
         1,
         Duration::from_secs(10),
+        5_000,
         std::sync::Arc::new(smartdrop_webhooks::metrics::Metrics::new()),
     );
     let event = |id: &str| NewEvent {

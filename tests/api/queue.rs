@@ -19,7 +19,7 @@ async fn seed(pool: &PgPool, n: usize) {
             .unwrap();
     }
     let mut conn = pool.acquire().await.unwrap();
-    smartdrop_webhooks::fanout::store::dispatch(&mut conn, 1000)
+    smartdrop_webhooks::fanout::store::dispatch(&mut conn, 1000, 100_000)
         .await
         .unwrap();
 }
@@ -111,10 +111,13 @@ async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
         let mut total = 0;
         let mut conn = pool.acquire().await.unwrap();
         loop {
-            let (events, deliveries) = smartdrop_webhooks::fanout::store::dispatch(&mut conn, 7)
-                .await
-                .unwrap();
-            if events == 0 {
+            // 7 events × 3 webhooks > 10: the chunked path, events split
+            // across transactions and sweepers.
+            let (events, deliveries) =
+                smartdrop_webhooks::fanout::store::dispatch(&mut conn, 7, 10)
+                    .await
+                    .unwrap();
+            if events == 0 && deliveries == 0 {
                 return total;
             }
             total += deliveries;

@@ -235,3 +235,140 @@ async fn a_large_event_to_many_webhooks_stores_its_body_once(pool: PgPool) {
     );
     app.stop().await;
 }
+
+/// An event to more webhooks than a fan-out transaction may write goes out
+/// in chunks (several transactions), each webhook once; through the HTTP
+/// intake too, whose answer counts the webhooks the sweep will write for.
+#[sqlx::test]
+async fn an_event_to_more_webhooks_than_a_chunk_fans_out_in_chunks_once(pool: PgPool) {
+    const WEBHOOKS: usize = 35;
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::status(200));
+    let app = TestApp::spawn_with(pool.clone(), |c| c.webhook_fanout_chunk = 10).await;
+    for _ in 0..WEBHOOKS {
+        app.create_webhook(&receiver.url, &["pool.created"]).await;
+    }
+    app.publish_sql("pool.created", json!({"n": 1}), Some("evt_sql"))
+        .await;
+    let published: Value = app
+        .post(
+            "/api/v1/events",
+            json!({"event": "pool.created", "event_id": "evt_http", "data": {"n": 2}}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(published["deliveries"], WEBHOOKS, "{published}");
+    receiver.wait_for(2 * WEBHOOKS, Duration::from_secs(20)).await;
+    receiver.assert_stays_at(2 * WEBHOOKS, Duration::from_millis(300)).await;
+    for event in ["evt_sql", "evt_http"] {
+        let (rows, webhooks, transactions): (i64, i64, i64) = sqlx::query_as(
+            // created_at is the writing transaction's start: one per chunk
+            "SELECT count(*), count(DISTINCT webhook_id), count(DISTINCT created_at)
+             FROM webhook_deliveries WHERE event_id = $1",
+        )
+        .bind(event)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((rows, webhooks), (WEBHOOKS as i64, WEBHOOKS as i64), "{event}");
+        assert!(transactions >= 4, "{event}: {transactions} transactions");
+    }
+    app.stop().await;
+}
+
+/// Fan-out fails for one event every time (a trigger stands for a statement
+/// timeout or a full disk): the events behind it are delivered, it is set
+/// aside after three failures (in /stats and /metrics), and once the cause
+/// is gone `webhook_retry_fan_out` sends it.
+#[sqlx::test]
+async fn an_event_whose_fan_out_keeps_failing_is_set_aside_and_the_rest_go_on(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::status(200));
+    sqlx::raw_sql(
+        "CREATE FUNCTION poison() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.event_id = 'evt_poison' THEN RAISE EXCEPTION 'no room for evt_poison'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER poison BEFORE INSERT ON webhook_deliveries
+             FOR EACH ROW EXECUTE FUNCTION poison();",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_webhook(&receiver.url, &["pool.created"]).await;
+    let mut tx = pool.begin().await.unwrap();
+    for id in ["evt_before", "evt_poison", "evt_after"] {
+        sqlx::query("SELECT webhook_publish('pool.created', '{}', $1)")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+
+    let got = receiver.wait_for(2, Duration::from_secs(10)).await;
+    let sent: Vec<String> = got.iter().map(received_body).collect();
+    assert!(sent.iter().any(|b| b.contains("evt_before")), "{sent:?}");
+    assert!(sent.iter().any(|b| b.contains("evt_after")), "{sent:?}");
+    let start = std::time::Instant::now();
+    let stats = loop {
+        let stats: Value = app.get("/api/v1/stats").await.json().await.unwrap();
+        if !stats["set_aside_events"].as_array().unwrap().is_empty() {
+            break stats;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let aside = &stats["set_aside_events"][0];
+    assert_eq!(aside["event_id"], "evt_poison");
+    assert_eq!(aside["failures"], 3);
+    assert!(
+        aside["error"].as_str().unwrap().contains("no room for evt_poison"),
+        "{aside}"
+    );
+    let metric = |text: &str, name: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let start = std::time::Instant::now();
+    loop {
+        let text = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "webhook_events_set_aside") == Some(1.0) {
+            assert_eq!(metric(&text, "webhook_events_set_aside_total"), Some(1.0));
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    receiver.assert_stays_at(2, Duration::from_millis(300)).await;
+
+    // The cause fixed, by hand: it goes out once.
+    sqlx::query("DROP TRIGGER poison ON webhook_deliveries")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let retried: i64 = sqlx::query_scalar("SELECT webhook_retry_fan_out('evt_poison')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retried, 1);
+    let got = receiver.wait_for(3, Duration::from_secs(10)).await;
+    assert!(received_body(&got[2]).contains("evt_poison"));
+    let stats: Value = app.get("/api/v1/stats").await.json().await.unwrap();
+    assert_eq!(stats["set_aside_events"], json!([]));
+    receiver.assert_stays_at(3, Duration::from_millis(300)).await;
+    app.stop().await;
+}
