@@ -23,10 +23,9 @@ CREATE INDEX webhook_events_set_aside_idx ON webhook_events (id)
     WHERE dispatched_at IS NULL AND set_aside_at IS NOT NULL;
 
 -- The webhooks one event goes to, in webhook id order after `after`, at most
--- `lim`: the subscription test of webhook_fan_out (migration 13) for one
--- event, ordered so a fan-out can stop and go on. Both branches come out of
--- an index in id order (webhooks_unfiltered_idx; the GIN term lookup is
--- sorted), so a chunk reads about as many webhooks as it returns.
+-- `lim` (NULL: all): the subscription test of webhook_fan_out (migration 13)
+-- for one event. The HTTP intake counts with it the deliveries an event it
+-- leaves to the sweep will get.
 CREATE FUNCTION webhook_targets(e webhook_events, after text, lim integer)
 RETURNS TABLE (webhook_id text, ordering text) LANGUAGE sql STABLE AS $$
     SELECT t.id, t.ordering FROM (
@@ -49,24 +48,26 @@ $$;
 -- time, however many instances sweep), and writes at most `budget`
 -- deliveries. Returns the events finished and the deliveries written.
 --
--- When every event of the batch fits the budget whatever it matches (events
--- x active webhooks <= budget: the usual few-webhooks case), the batch goes
--- through webhook_fan_out in one set-based statement, as before. Otherwise
--- event by event through webhook_targets: an event that does not finish
--- keeps its place (fanned_out_to) and stays undispatched; the next call goes
--- on from there, and events behind it wait their turn (publish order).
+-- The targets of the whole batch are found set-based (the subscription test
+-- of webhook_fan_out, for each event only the webhooks after its place),
+-- ordered by (event, webhook id) and cut at `budget`. Events before the cut
+-- are finished; the event the cut falls in keeps its place (fanned_out_to)
+-- and stays undispatched, so its first chunk is committed and sent while the
+-- next call writes the rest; events after the cut are left as they were.
+-- With many unfiltered webhooks fewer events are taken per call, so a call
+-- looks at about `budget` (event, webhook) pairs, not events x webhooks.
 CREATE FUNCTION webhook_dispatch(max_events integer, budget integer,
                                  OUT events_done bigint, OUT deliveries bigint)
 LANGUAGE plpgsql AS $$
 DECLARE
-    batch     webhook_events[];
-    e         webhook_events;
-    remaining integer := budget;
-    got       integer;
-    last_id   text;
+    batch        webhook_events[];
+    unfiltered   bigint;
+    cut_event    bigint;
+    last_event   bigint;
+    last_webhook text;
 BEGIN
-    events_done := 0;
-    deliveries := 0;
+    SELECT count(*) INTO unfiltered FROM webhooks w WHERE w.active AND w.filter IS NULL;
+    max_events := least(max_events, greatest(1, budget / greatest(unfiltered, 1)));
     SELECT array_agg(q.ev ORDER BY (q.ev).id) INTO batch
     FROM (SELECT x AS ev FROM webhook_events x
           WHERE x.dispatched_at IS NULL AND x.set_aside_at IS NULL
@@ -74,46 +75,65 @@ BEGIN
           LIMIT max_events
           FOR UPDATE SKIP LOCKED) q;
     IF batch IS NULL THEN
+        events_done := 0;
+        deliveries := 0;
         RETURN;
     END IF;
 
-    IF cardinality(batch)::bigint * (SELECT count(*) FROM webhooks w WHERE w.active) <= budget
-       AND NOT EXISTS (SELECT 1 FROM unnest(batch) b WHERE b.fanned_out_to IS NOT NULL) THEN
+    WITH ev AS (
+        SELECT e.* FROM unnest(batch) AS e
+    ), targets AS MATERIALIZED (
+        SELECT t.event_row, t.webhook_id, t.ordering,
+               row_number() OVER (ORDER BY t.event_row, t.webhook_id) AS n
+        FROM (
+            SELECT e.id AS event_row, w.id AS webhook_id, w.ordering
+            FROM ev e JOIN webhooks w ON w.active AND w.filter IS NULL
+             AND (e.fanned_out_to IS NULL OR w.id > e.fanned_out_to) AND (
+                '*' = ANY (w.events)
+                OR e.event_type = ANY (w.events)
+                OR EXISTS (SELECT 1 FROM unnest(w.events) AS p
+                           WHERE right(p, 2) = '.*' AND starts_with(e.event_type, left(p, -1))))
+            UNION ALL
+            SELECT e.id, w.id, w.ordering
+            FROM ev e JOIN webhooks w
+              ON w.active AND w.filter IS NOT NULL
+             -- a filter, not an index condition: as one it made the GIN
+             -- lookup a BitmapAnd with a scan of every webhook id per event
+             AND (e.fanned_out_to IS NULL OR w.id > e.fanned_out_to)
+             AND webhook_filter_terms(w.filter) && webhook_data_terms(e.data)
+             AND w.events && webhook_patterns_for(e.event_type)
+             AND webhook_filter_matches(w.filter, e.data)
+            WHERE EXISTS (SELECT 1 FROM webhooks f WHERE f.active AND f.filter IS NOT NULL)
+            ORDER BY 1, 2
+            LIMIT budget + 1
+        ) t
+    ), fanned AS (
+        INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, event_seq, fifo_seq)
+        SELECT t.webhook_id, e.event_id, e.event_type, e.id,
+               CASE WHEN t.ordering = 'fifo' THEN e.id END
+        FROM targets t JOIN ev e ON e.id = t.event_row
+        WHERE t.n <= budget
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM fanned),
+           (SELECT t.event_row FROM targets t WHERE t.n = budget + 1),
+           (SELECT t.event_row FROM targets t WHERE t.n = budget),
+           (SELECT t.webhook_id FROM targets t WHERE t.n = budget)
+    INTO deliveries, cut_event, last_event, last_webhook;
+
+    -- Finished: every event before the cut (all of them when the budget held).
+    UPDATE webhook_events x
+    SET dispatched_at = now(), fanned_out_to = NULL, fan_out_failures = 0, fan_out_error = NULL,
+        body = coalesce(x.body, webhook_body(x.event_type, x.event_id, x.occurred_at, x.data))
+    WHERE x.id IN (SELECT b.id FROM unnest(batch) b WHERE b.id < coalesce(cut_event, 9223372036854775807));
+    GET DIAGNOSTICS events_done = ROW_COUNT;
+    -- The event the budget ran out in keeps its place.
+    IF cut_event IS NOT NULL AND last_event = cut_event THEN
         UPDATE webhook_events x
-        SET dispatched_at = now(), fan_out_failures = 0, fan_out_error = NULL,
-            body = webhook_body(x.event_type, x.event_id, x.occurred_at, x.data)
-        WHERE x.id IN (SELECT b.id FROM unnest(batch) b);
-        SELECT count(*), coalesce(sum(f.deliveries), 0) INTO events_done, deliveries
-        FROM webhook_fan_out(batch) f;
-        RETURN;
+        SET fanned_out_to = last_webhook,
+            body = coalesce(x.body, webhook_body(x.event_type, x.event_id, x.occurred_at, x.data))
+        WHERE x.id = cut_event;
     END IF;
-
-    FOREACH e IN ARRAY batch LOOP
-        EXIT WHEN remaining <= 0;
-        WITH ins AS (
-            INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, event_seq, fifo_seq)
-            SELECT t.webhook_id, e.event_id, e.event_type, e.id,
-                   CASE WHEN t.ordering = 'fifo' THEN e.id END
-            FROM webhook_targets(e, e.fanned_out_to, remaining) t
-            RETURNING webhook_deliveries.webhook_id
-        )
-        SELECT count(*), max(ins.webhook_id) INTO got, last_id FROM ins;
-        deliveries := deliveries + got;
-        remaining := remaining - got;
-        IF got > 0 AND remaining <= 0 THEN
-            -- The budget ran out inside this event: keep its place.
-            UPDATE webhook_events x
-            SET fanned_out_to = last_id,
-                body = coalesce(x.body, webhook_body(x.event_type, x.event_id, x.occurred_at, x.data))
-            WHERE x.id = e.id;
-        ELSE
-            UPDATE webhook_events x
-            SET dispatched_at = now(), fanned_out_to = NULL, fan_out_failures = 0, fan_out_error = NULL,
-                body = coalesce(x.body, webhook_body(x.event_type, x.event_id, x.occurred_at, x.data))
-            WHERE x.id = e.id;
-            events_done := events_done + 1;
-        END IF;
-    END LOOP;
 END $$;
 
 -- A failed fan-out of one event (the sweep retries one event at a time after

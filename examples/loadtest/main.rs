@@ -8,12 +8,13 @@
 //!
 //! `--baseline /path/to/an/older/smartdrop-webhooks` (or
 //! `LOADTEST_BASELINE_BIN`) runs the throughput, fanout, wide, wide-body,
-//! isolation and http-1/-32 scenarios with that binary too, alternating with
+//! wide-100k, filtered, isolation and http-1/-32 scenarios with that binary too, alternating with
 //! the current one for `--rounds N` (default 1), and prints the after/before
 //! ratio of the medians: before and after from one run.
 //!
 //! `wide-body` is one event with 200 KiB of data to 2,000 webhooks; it
-//! reports how much the database and the WAL grew. Where the server preloads
+//! reports how much the database and the WAL grew. `wide-100k` is one event
+//! to 100,000 webhooks (commit → first arrival, and all); not in `all`. Where the server preloads
 //! `pg_stat_statements`, every scenario also reports Postgres execution time
 //! per delivery (`pg µs/d`).
 //!
@@ -145,6 +146,8 @@ const COMPARED: &[&str] = &[
     "fanout",
     "wide",
     "wide-body",
+    "wide-100k",
+    "filtered",
     "slow-neighbour",
     "failing",
     "http-1",

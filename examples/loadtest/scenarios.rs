@@ -250,6 +250,7 @@ pub async fn run(ctx: &mut Ctx, name: &str) -> anyhow::Result<Report> {
         "fanout" => fanout(ctx).await,
         "wide" => wide(ctx).await,
         "wide-body" => wide_body(ctx).await,
+        "wide-100k" => wide_100k(ctx).await,
         "steady" => steady(ctx).await,
         "backlog" => backlog(ctx).await,
         "failing" => crate::isolation::failing(ctx).await,
@@ -356,6 +357,34 @@ async fn wide(ctx: &mut Ctx) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// One event to 100,000 webhooks: commit → first arrival, and until all
+/// arrived. The fan-out goes in chunks of WEBHOOK_FANOUT_CHUNK, the first
+/// sent while the rest are written.
+async fn wide_100k(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let hooks: i64 = if ctx.smoke { 2_000 } else { 100_000 };
+    let db = Db::fresh(ctx, "wide_100k").await?;
+    let service = Service::start(&ctx.bin, &db.url, &[]).await;
+    db.register_in_sql(&ctx.receiver, hooks, false).await?;
+    sqlx::query("ANALYZE webhooks").execute(&db.pool).await?;
+    db.pg_time_start().await;
+    let started = Instant::now();
+    publish_batch(&db.pool, 1, 1).await?;
+    wait_ok(&ctx.tally, 1, Duration::from_secs(60)).await;
+    let first_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let complete = wait_ok(&ctx.tally, hooks as u64, Duration::from_secs(600)).await;
+    let seconds = elapsed_to_last(ctx, started);
+    let delivered = ctx.tally.ok.load(Ordering::Relaxed);
+    let note = format!(
+        "1 event → {hooks} webhooks: first arrived {first_ms:.0} ms after the commit, all in {seconds:.2} s{}",
+        if complete { "" } else { " INCOMPLETE" }
+    );
+    let mut report = finish(ctx, "wide-100k", delivered, seconds, &service, note);
+    report.pg_us_per_delivery = db.pg_us_per_delivery(delivered).await;
+    service.stop();
+    db.drop_it().await?;
+    Ok(report)
+}
+
 /// One event with 200 KiB of data (that compresses poorly, like hashes and
 /// calldata) to 2,000 webhooks: how much the database and the WAL grew by
 /// the time every delivery arrived.
@@ -410,6 +439,7 @@ async fn filtered(ctx: &mut Ctx) -> anyhow::Result<Report> {
     // Production's autovacuum analyzes a table that grew this much; this
     // machine runs with autovacuum off.
     sqlx::query("ANALYZE webhooks").execute(&db.pool).await?;
+    db.pg_time_start().await;
     let one = Instant::now();
     sqlx::query("SELECT webhook_publish('pool.created', jsonb_build_object('pool_id', 'p7', 'pad', $1::text))")
         .bind(PAD)
@@ -444,7 +474,8 @@ async fn filtered(ctx: &mut Ctx) -> anyhow::Result<Report> {
         "{hooks} filtered webhooks: 1 event → its subscriber in {one_ms:.0} ms; {total} events → {rows} delivery rows{}",
         if complete { "" } else { " INCOMPLETE" }
     );
-    let report = finish(ctx, "filtered", delivered, seconds, &service, note);
+    let mut report = finish(ctx, "filtered", delivered, seconds, &service, note);
+    report.pg_us_per_delivery = db.pg_us_per_delivery(delivered + 1).await;
     service.stop();
     db.drop_it().await?;
     Ok(report)

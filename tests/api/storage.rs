@@ -260,8 +260,12 @@ async fn an_event_to_more_webhooks_than_a_chunk_fans_out_in_chunks_once(pool: Pg
         .await
         .unwrap();
     assert_eq!(published["deliveries"], WEBHOOKS, "{published}");
-    receiver.wait_for(2 * WEBHOOKS, Duration::from_secs(20)).await;
-    receiver.assert_stays_at(2 * WEBHOOKS, Duration::from_millis(300)).await;
+    receiver
+        .wait_for(2 * WEBHOOKS, Duration::from_secs(20))
+        .await;
+    receiver
+        .assert_stays_at(2 * WEBHOOKS, Duration::from_millis(300))
+        .await;
     for event in ["evt_sql", "evt_http"] {
         let (rows, webhooks, transactions): (i64, i64, i64) = sqlx::query_as(
             // created_at is the writing transaction's start: one per chunk
@@ -272,7 +276,11 @@ async fn an_event_to_more_webhooks_than_a_chunk_fans_out_in_chunks_once(pool: Pg
         .fetch_one(&pool)
         .await
         .unwrap();
-        assert_eq!((rows, webhooks), (WEBHOOKS as i64, WEBHOOKS as i64), "{event}");
+        assert_eq!(
+            (rows, webhooks),
+            (WEBHOOKS as i64, WEBHOOKS as i64),
+            "{event}"
+        );
         assert!(transactions >= 4, "{event}: {transactions} transactions");
     }
     app.stop().await;
@@ -327,7 +335,10 @@ async fn an_event_whose_fan_out_keeps_failing_is_set_aside_and_the_rest_go_on(po
     assert_eq!(aside["event_id"], "evt_poison");
     assert_eq!(aside["failures"], 3);
     assert!(
-        aside["error"].as_str().unwrap().contains("no room for evt_poison"),
+        aside["error"]
+            .as_str()
+            .unwrap()
+            .contains("no room for evt_poison"),
         "{aside}"
     );
     let metric = |text: &str, name: &str| -> Option<f64> {
@@ -353,7 +364,9 @@ async fn an_event_whose_fan_out_keeps_failing_is_set_aside_and_the_rest_go_on(po
         assert!(start.elapsed() < Duration::from_secs(10), "{text}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    receiver.assert_stays_at(2, Duration::from_millis(300)).await;
+    receiver
+        .assert_stays_at(2, Duration::from_millis(300))
+        .await;
 
     // The cause fixed, by hand: it goes out once.
     sqlx::query("DROP TRIGGER poison ON webhook_deliveries")
@@ -369,6 +382,8 @@ async fn an_event_whose_fan_out_keeps_failing_is_set_aside_and_the_rest_go_on(po
     assert!(received_body(&got[2]).contains("evt_poison"));
     let stats: Value = app.get("/api/v1/stats").await.json().await.unwrap();
     assert_eq!(stats["set_aside_events"], json!([]));
-    receiver.assert_stays_at(3, Duration::from_millis(300)).await;
+    receiver
+        .assert_stays_at(3, Duration::from_millis(300))
+        .await;
     app.stop().await;
 }
