@@ -17,6 +17,7 @@ pub struct Metrics {
     pub events_dispatched: Counter,
     pub deliveries_created: Counter,
     pub fan_out_failures: Counter,
+    pub deliveries_leased_at_fan_out: Counter,
     pub events_set_aside: Counter,
     /// Events set aside now (all instances), from the background refresh.
     pub events_set_aside_now: Gauge,
@@ -67,6 +68,10 @@ impl Metrics {
         describe(
             "webhook_fan_out_failures_total",
             "Fan-out transactions that failed on something about the events (not the connection).",
+        );
+        describe(
+            "webhook_deliveries_leased_at_fan_out_total",
+            "Fresh deliveries leased in the fan-out transaction and sent without a claim.",
         );
         describe(
             "webhook_events_set_aside_total",
@@ -123,6 +128,10 @@ impl Metrics {
             events_dispatched: counter("webhook_events_dispatched_total", &[]),
             deliveries_created: counter("webhook_deliveries_created_total", &[]),
             fan_out_failures: counter("webhook_fan_out_failures_total", &[]),
+            deliveries_leased_at_fan_out: counter(
+                "webhook_deliveries_leased_at_fan_out_total",
+                &[],
+            ),
             events_set_aside: counter("webhook_events_set_aside_total", &[]),
             events_set_aside_now: gauge("webhook_events_set_aside"),
             events_published_http: counter("webhook_events_published_total", &[("source", "http")]),

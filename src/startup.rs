@@ -106,16 +106,7 @@ impl Application {
             self.metrics.clone(),
             shutdown.clone(),
         ));
-        let fanout = FanoutContext {
-            pool: self.pool.clone(),
-            wake: wakeups.events.clone(),
-            deliveries_ready: wakeups.deliveries.clone(),
-            poll,
-            chunk: self.config.webhook_fanout_chunk as i64,
-            metrics: self.metrics.clone(),
-        };
         let bounds = db::Bounds::new(self.config.statement_timeout(), shutdown.clone());
-        tracker.spawn(fanout::run(fanout, bounds.clone()));
         let (completed, finished) = completer::channel();
         tracker.spawn(completer::run(
             self.pool.clone(),
@@ -139,6 +130,17 @@ impl Application {
             self.metrics.clone(),
             completed,
         );
+        let fanout = FanoutContext {
+            pool: self.pool.clone(),
+            wake: wakeups.events.clone(),
+            deliveries_ready: wakeups.deliveries.clone(),
+            poll,
+            chunk: self.config.webhook_fanout_chunk as i64,
+            senders: Some(worker.senders()),
+            lease: self.config.lease(),
+            metrics: self.metrics.clone(),
+        };
+        tracker.spawn(fanout::run(fanout, bounds.clone()));
         tracker.spawn(worker.run(bounds.clone()));
         let metrics = self.metrics.clone();
         let pool = self.pool.clone();

@@ -8,7 +8,7 @@
 //!
 //! `--baseline /path/to/an/older/smartdrop-webhooks` (or
 //! `LOADTEST_BASELINE_BIN`) runs the throughput, fanout, wide, wide-body,
-//! wide-100k, filtered, isolation and http-1/-32 scenarios with that binary too, alternating with
+//! wide-100k, filtered, steady, isolation and http-1/-32 scenarios with that binary too, alternating with
 //! the current one for `--rounds N` (default 1), and prints the after/before
 //! ratio of the medians: before and after from one run.
 //!
@@ -148,6 +148,7 @@ const COMPARED: &[&str] = &[
     "wide-body",
     "wide-100k",
     "filtered",
+    "steady",
     "slow-neighbour",
     "failing",
     "http-1",

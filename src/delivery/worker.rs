@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 use uuid::Uuid;
 
@@ -55,17 +55,121 @@ impl InFlight {
 
 pub struct Worker {
     pool: PgPool,
-    deliverer: Deliverer,
     config: WorkerConfig,
     wake: Arc<Notify>,
+    senders: Senders,
+}
+
+/// This instance's send slots and what runs in them, shared by the claim
+/// loop and the fan-out (which hands over deliveries it leased itself).
+#[derive(Clone)]
+pub struct Senders {
+    deliverer: Deliverer,
+    concurrency: u32,
+    permits: Arc<Semaphore>,
     /// Notified when a send ends: a webhook at its share may take another.
     slot_freed: Arc<Notify>,
-    permits: Arc<Semaphore>,
     tasks: TaskTracker,
     in_flight: Arc<Mutex<InFlight>>,
     metrics: Arc<Metrics>,
     /// Finished attempts go to the completer, which records them in batches.
     completed: mpsc::Sender<Finished>,
+}
+
+/// Send slots taken ahead of a claim (or a fan-out that leases): one permit
+/// per delivery it may start, and the fair share of each webhook.
+pub struct Reserved {
+    permits: Option<OwnedSemaphorePermit>,
+    pub rooms: fairness::Rooms,
+}
+
+impl Reserved {
+    pub fn count(&self) -> usize {
+        self.permits.as_ref().map_or(0, |p| p.num_permits())
+    }
+}
+
+impl Senders {
+    /// Takes up to `max` free slots and the rooms to fill them with.
+    pub fn reserve(&self, max: usize) -> Reserved {
+        let free = self.permits.available_permits().min(max);
+        let permits = (free > 0)
+            .then(|| {
+                self.permits
+                    .clone()
+                    .try_acquire_many_owned(free as u32)
+                    .ok()
+            })
+            .flatten();
+        // The rooms as they were before these slots were taken.
+        let rooms = fairness::rooms(
+            self.concurrency as usize,
+            free + self.permits.available_permits(),
+            &self.in_flight.lock().unwrap().per_webhook,
+        );
+        Reserved { permits, rooms }
+    }
+
+    /// Sends each delivery in a slot of `reserved` (as many as it holds;
+    /// the rest of the slots are given back).
+    pub fn start(&self, reserved: Reserved, deliveries: Vec<queue::Claimed>) -> usize {
+        let mut permits = reserved.permits;
+        let mut started = 0;
+        for delivery in deliveries {
+            let permit = match permits.take() {
+                Some(mut held) if held.num_permits() > 1 => {
+                    let one = held.split(1).expect("more than one permit held");
+                    permits = Some(held);
+                    one
+                }
+                Some(last) => last,
+                None => {
+                    tracing::error!(delivery = %delivery.id, "more deliveries than reserved slots; it is sent when its lease expires");
+                    continue;
+                }
+            };
+            self.spawn(delivery, permit);
+            started += 1;
+        }
+        // What is left of `permits` goes back here.
+        started
+    }
+
+    fn spawn(&self, delivery: queue::Claimed, permit: OwnedSemaphorePermit) {
+        let deliverer = self.deliverer.clone();
+        let in_flight = self.in_flight.clone();
+        in_flight
+            .lock()
+            .unwrap()
+            .start(delivery.lease_token, &delivery.webhook_id);
+        let metrics = self.metrics.clone();
+        let completed = self.completed.clone();
+        let slot_freed = self.slot_freed.clone();
+        metrics.in_flight.increment(1.0);
+        self.tasks.spawn(async move {
+            let finished = deliverer.attempt(&delivery).await;
+            if completed.send(finished).await.is_err() {
+                tracing::error!(delivery = %delivery.id, "the completer is gone; the delivery is sent again when its lease expires");
+            }
+            in_flight
+                .lock()
+                .unwrap()
+                .end(&delivery.lease_token, &delivery.webhook_id);
+            metrics.in_flight.decrement(1.0);
+            drop(permit);
+            slot_freed.notify_one();
+        });
+    }
+
+    /// Whether some webhook is at its share of the slots now.
+    fn any_at_share(&self) -> bool {
+        fairness::rooms(
+            self.concurrency as usize,
+            self.permits.available_permits(),
+            &self.in_flight.lock().unwrap().per_webhook,
+        )
+        .any_full()
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -88,24 +192,30 @@ impl Worker {
     ) -> Self {
         Self {
             pool,
-            deliverer,
-            permits: Arc::new(Semaphore::new(fairness::slots(config.concurrency as usize))),
             config,
             wake,
-            slot_freed: Arc::new(Notify::new()),
-            tasks: TaskTracker::new(),
-            in_flight: Arc::default(),
-            metrics,
-            completed,
+            senders: Senders {
+                deliverer,
+                concurrency: config.concurrency,
+                permits: Arc::new(Semaphore::new(fairness::slots(config.concurrency as usize))),
+                slot_freed: Arc::new(Notify::new()),
+                tasks: TaskTracker::new(),
+                in_flight: Arc::default(),
+                metrics,
+                completed,
+            },
         }
+    }
+
+    /// The send slots, for the fan-out to hand leased deliveries to.
+    pub fn senders(&self) -> Senders {
+        self.senders.clone()
     }
 
     /// Claims one batch sized to the free permits and spawns the sends.
     pub async fn run_once(&self, bounds: &db::Bounds) -> Result<WorkOutcome, db::Interrupted> {
-        let free = self
-            .permits
-            .available_permits()
-            .min(self.config.batch as usize);
+        let reserved = self.senders.reserve(self.config.batch as usize);
+        let free = reserved.count();
         if free == 0 {
             return Ok(WorkOutcome {
                 started: 0,
@@ -113,60 +223,20 @@ impl Worker {
             });
         }
         let lease_ms = self.config.lease.as_millis() as i64;
-        let rooms = fairness::rooms(
-            self.config.concurrency as usize,
-            self.permits.available_permits(),
-            &self.in_flight.lock().unwrap().per_webhook,
-        );
+        let rooms = reserved.rooms.clone();
         let claimed = bounds
             .run(&self.pool, move |conn| {
+                let rooms = rooms.clone();
                 Box::pin(
                     async move { queue::store::claim(conn, free as i64, lease_ms, &rooms).await },
                 )
             })
             .await?;
-        let taken = claimed.len();
-        for delivery in claimed {
-            // This loop is the only acquirer, so the permits counted above are still free.
-            let permit = self
-                .permits
-                .clone()
-                .try_acquire_owned()
-                .expect("permit counted as free");
-            let deliverer = self.deliverer.clone();
-            let in_flight = self.in_flight.clone();
-            in_flight
-                .lock()
-                .unwrap()
-                .start(delivery.lease_token, &delivery.webhook_id);
-            let metrics = self.metrics.clone();
-            let completed = self.completed.clone();
-            let slot_freed = self.slot_freed.clone();
-            metrics.in_flight.increment(1.0);
-            self.tasks.spawn(async move {
-                let finished = deliverer.attempt(&delivery).await;
-                if completed.send(finished).await.is_err() {
-                    tracing::error!(delivery = %delivery.id, "the completer is gone; the delivery is sent again when its lease expires");
-                }
-                in_flight
-                    .lock()
-                    .unwrap()
-                    .end(&delivery.lease_token, &delivery.webhook_id);
-                metrics.in_flight.decrement(1.0);
-                drop(permit);
-                slot_freed.notify_one();
-            });
-        }
+        let started = self.senders.start(reserved, claimed);
         // After this claim's sends started: is some webhook at its share now?
-        let at_share = fairness::rooms(
-            self.config.concurrency as usize,
-            self.permits.available_permits(),
-            &self.in_flight.lock().unwrap().per_webhook,
-        )
-        .any_full();
         Ok(WorkOutcome {
-            started: taken,
-            at_share,
+            started,
+            at_share: self.senders.any_at_share(),
         })
     }
 
@@ -185,11 +255,11 @@ impl Worker {
                 if shutdown.is_cancelled() {
                     break 'outer;
                 }
-                if self.permits.available_permits() < low_water {
-                    if self.permits.available_permits() == 0 {
+                if self.senders.permits.available_permits() < low_water {
+                    if self.senders.permits.available_permits() == 0 {
                         tokio::select! {
                             _ = shutdown.cancelled() => break 'outer,
-                            p = self.permits.clone().acquire_owned() => drop(p),
+                            p = self.senders.permits.clone().acquire_owned() => drop(p),
                         }
                     }
                     // Under saturation sends finish one by one; a moment's
@@ -201,7 +271,7 @@ impl Worker {
                 }
                 let claimed = self.run_once(&bounds).await;
                 if claimed.is_ok() {
-                    self.metrics.pipeline.claimed();
+                    self.senders.metrics.pipeline.claimed();
                 }
                 match claimed {
                     Ok(outcome) if outcome.started > 0 && !outcome.at_share => continue,
@@ -219,7 +289,7 @@ impl Worker {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = self.wake.notified() => {}
-                _ = self.slot_freed.notified(), if at_share => {}
+                _ = self.senders.slot_freed.notified(), if at_share => {}
                 _ = tick.tick() => {}
             }
         }
@@ -232,12 +302,12 @@ impl Worker {
     /// due at once would send it again for certain. One whose result cannot
     /// be recorded is sent again when its lease expires (at least once).
     async fn drain(self) {
-        self.tasks.close();
-        if tokio::time::timeout(self.config.drain, self.tasks.wait())
+        self.senders.tasks.close();
+        if tokio::time::timeout(self.config.drain, self.senders.tasks.wait())
             .await
             .is_err()
         {
-            let unrecorded = self.in_flight.lock().unwrap().leases.len();
+            let unrecorded = self.senders.in_flight.lock().unwrap().leases.len();
             tracing::warn!(
                 unrecorded,
                 "shutdown: sends whose results could not be handed over; they are sent again when their leases expire"

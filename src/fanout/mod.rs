@@ -14,39 +14,48 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 
 use crate::db;
+use crate::delivery::worker::Senders;
 use crate::metrics::Metrics;
+use crate::queue::fairness::Rooms;
 
 /// Events claimed per transaction by the sweep.
 const BATCH: i64 = 200;
 /// Failed fan-outs of one event in a row before it is set aside.
 pub const MAX_FAILURES: i32 = 3;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum FanoutOutcome {
-    Dispatched { events: i64, deliveries: i64 },
+    Dispatched(store::Dispatched),
     Idle,
 }
 
+/// What a sweep may lease for this instance's senders.
+struct Take {
+    count: i64,
+    lease_ms: i64,
+    rooms: Rooms,
+}
+
 /// One sweep of up to `events` events and `chunk` deliveries, bounded by
-/// `bounds`.
-pub async fn run_once(
+/// `bounds`; up to `take.count` new deliveries come back leased.
+async fn run_once(
     pool: &PgPool,
     bounds: &db::Bounds,
     events: i64,
     chunk: i64,
+    take: Take,
 ) -> Result<FanoutOutcome, db::Interrupted> {
-    let (done, deliveries) = bounds
+    let done = bounds
         .run(pool, move |conn| {
-            Box::pin(store::dispatch(conn, events, chunk))
+            Box::pin(async move {
+                store::dispatch(conn, events, chunk, take.count, take.lease_ms, &take.rooms).await
+            })
         })
         .await?;
-    Ok(if done == 0 && deliveries == 0 {
+    Ok(if done.events == 0 && done.deliveries == 0 {
         FanoutOutcome::Idle
     } else {
-        FanoutOutcome::Dispatched {
-            events: done,
-            deliveries,
-        }
+        FanoutOutcome::Dispatched(done)
     })
 }
 
@@ -86,6 +95,11 @@ pub struct FanoutContext {
     pub poll: Duration,
     /// Most deliveries per fan-out transaction (`WEBHOOK_FANOUT_CHUNK`).
     pub chunk: i64,
+    /// This instance's send slots: fresh deliveries they have room for are
+    /// leased in the fan-out transaction and sent without a claim.
+    pub senders: Option<Senders>,
+    /// The lease those deliveries get (`WEBHOOK_LEASE_MS`).
+    pub lease: Duration,
     pub metrics: Arc<Metrics>,
 }
 
@@ -102,26 +116,51 @@ pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
         deliveries_ready,
         poll,
         chunk,
+        senders,
+        lease,
         metrics,
     } = ctx;
     let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut per_call = BATCH;
+    let lease_ms = lease.as_millis() as i64;
     loop {
         loop {
-            match run_once(&pool, &bounds, per_call, chunk).await {
-                Ok(FanoutOutcome::Dispatched { events, deliveries }) => {
-                    tracing::debug!(events, deliveries, "fanned out");
-                    metrics.events_dispatched.increment(events as u64);
-                    metrics.deliveries_created.increment(deliveries as u64);
-                    if deliveries > 0 {
+            // Slots for what this sweep leases, taken before it runs.
+            let reserved = senders.as_ref().map(|s| s.reserve(usize::MAX));
+            let take = Take {
+                count: reserved.as_ref().map_or(0, |r| r.count() as i64),
+                lease_ms,
+                rooms: reserved
+                    .as_ref()
+                    .map_or_else(Rooms::none, |r| r.rooms.clone()),
+            };
+            match run_once(&pool, &bounds, per_call, chunk, take).await {
+                Ok(FanoutOutcome::Dispatched(done)) => {
+                    let leased = done.leased.len();
+                    tracing::debug!(
+                        events = done.events,
+                        deliveries = done.deliveries,
+                        leased,
+                        "fanned out"
+                    );
+                    metrics.events_dispatched.increment(done.events as u64);
+                    metrics.deliveries_created.increment(done.deliveries as u64);
+                    if shutdown.is_cancelled() {
+                        // Not started: sent when their leases end.
+                        return;
+                    }
+                    if let (Some(senders), Some(reserved)) = (&senders, reserved) {
+                        let started = senders.start(reserved, done.leased);
+                        metrics
+                            .deliveries_leased_at_fan_out
+                            .increment(started as u64);
+                    }
+                    if done.deliveries > leased as i64 {
                         // Saves the NOTIFY round trip for this instance's worker.
                         deliveries_ready.notify_one();
                     }
                     per_call = BATCH;
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
                 }
                 Ok(FanoutOutcome::Idle) => break,
                 Err(db::Interrupted::ShuttingDown) => return,

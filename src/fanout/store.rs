@@ -4,23 +4,75 @@
 //! already fanned out.
 use chrono::{DateTime, Utc};
 
+use crate::queue::Claimed;
+use crate::queue::fairness::Rooms;
+
+/// What one sweep transaction did.
+#[derive(Debug, Default)]
+pub struct Dispatched {
+    /// Events finished (an event cut by the chunk is finished by a later call).
+    pub events: i64,
+    pub deliveries: i64,
+    /// Deliveries leased to this instance in the same transaction, to send now.
+    pub leased: Vec<Claimed>,
+}
+
 /// Fans out undispatched events, oldest first: up to `events` of them and
 /// at most `chunk` deliveries in this transaction (`webhook_dispatch`,
-/// migration 15; an event with more subscribers than that is finished by
-/// the next calls). Returns (events finished, deliveries created).
+/// migrations 15 and 16; an event with more subscribers than that is
+/// finished by the next calls). Up to `take` of the new deliveries, within
+/// `rooms`, come back already leased for `lease_ms`, for this instance's
+/// senders; the rest wait for the claim.
 pub async fn dispatch(
     conn: &mut sqlx::PgConnection,
     events: i64,
     chunk: i64,
-) -> sqlx::Result<(i64, i64)> {
-    let row = sqlx::query!(
-        r#"SELECT events_done AS "events!", deliveries AS "deliveries!" FROM webhook_dispatch($1::int4, $2::int4)"#,
+    take: i64,
+    lease_ms: i64,
+    rooms: &Rooms,
+) -> sqlx::Result<Dispatched> {
+    let (busy_ids, busy_room): (Vec<String>, Vec<i32>) = rooms.busy.iter().cloned().unzip();
+    let rows = sqlx::query!(
+        r#"
+        SELECT events_done AS "events!", deliveries AS "deliveries!", id, lease_token, webhook_id,
+               url, secret, previous_secret, headers, event_type, body
+        FROM webhook_dispatch($1::int4, $2::int4, $3::int4, $4::float8, $5::text[], $6::int4[], $7::int4)
+        "#,
         events.clamp(1, i32::MAX as i64) as i32,
         chunk.clamp(1, i32::MAX as i64) as i32,
+        take.clamp(0, i32::MAX as i64) as i32,
+        lease_ms as f64,
+        &busy_ids,
+        &busy_room,
+        rooms.newcomer,
     )
-    .fetch_one(conn)
+    .fetch_all(conn)
     .await?;
-    Ok((row.events, row.deliveries))
+    let mut done = Dispatched::default();
+    for r in rows {
+        done.events = r.events;
+        done.deliveries = r.deliveries;
+        // The first row carries only the counts.
+        let (Some(id), Some(lease_token), Some(webhook_id), Some(url), Some(secret), Some(body)) =
+            (r.id, r.lease_token, r.webhook_id, r.url, r.secret, r.body)
+        else {
+            continue;
+        };
+        done.leased.push(Claimed {
+            id,
+            lease_token,
+            attempts: 0,
+            webhook_id,
+            url,
+            secret,
+            previous_secret: r.previous_secret,
+            headers: r.headers.unwrap_or_default(),
+            event_type: r.event_type.unwrap_or_default(),
+            body,
+            probe: false,
+        });
+    }
+    Ok(done)
 }
 
 /// Records a failed fan-out against the event at the head of the sweep and

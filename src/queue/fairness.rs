@@ -20,6 +20,14 @@ pub struct Rooms {
 }
 
 impl Rooms {
+    /// No room at all.
+    pub fn none() -> Self {
+        Self {
+            busy: vec![],
+            newcomer: 0,
+        }
+    }
+
     pub fn any_full(&self) -> bool {
         self.busy.iter().any(|(_, room)| *room <= 0)
     }

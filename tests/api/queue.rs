@@ -4,6 +4,7 @@ use sqlx::PgPool;
 
 use crate::helpers::count;
 
+use smartdrop_webhooks::queue::fairness::Rooms;
 use smartdrop_webhooks::queue::{AttemptRecord, Claimed, Finished, NextState, completion, store};
 
 async fn seed(pool: &PgPool, n: usize) {
@@ -19,9 +20,16 @@ async fn seed(pool: &PgPool, n: usize) {
             .unwrap();
     }
     let mut conn = pool.acquire().await.unwrap();
-    smartdrop_webhooks::fanout::store::dispatch(&mut conn, 1000, 100_000)
-        .await
-        .unwrap();
+    smartdrop_webhooks::fanout::store::dispatch(
+        &mut conn,
+        1000,
+        100_000,
+        0,
+        60_000,
+        &Rooms::none(),
+    )
+    .await
+    .unwrap();
 }
 
 fn attempt() -> AttemptRecord {
@@ -111,15 +119,22 @@ async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
         let mut total = 0;
         let mut conn = pool.acquire().await.unwrap();
         loop {
-            // 7 events × 3 webhooks > 10: the chunked path, events split
-            // across transactions and sweepers.
-            let (events, deliveries) =
-                smartdrop_webhooks::fanout::store::dispatch(&mut conn, 7, 10)
+            // 3 webhooks: at most 3 events and 10 deliveries per call, so
+            // events are cut across transactions and sweepers; each sweeper
+            // leases up to 5 of what it writes, 2 per webhook.
+            let rooms = Rooms {
+                busy: vec![],
+                newcomer: 2,
+            };
+            let done =
+                smartdrop_webhooks::fanout::store::dispatch(&mut conn, 7, 10, 5, 60_000, &rooms)
                     .await
                     .unwrap();
-            if events == 0 && deliveries == 0 {
+            assert!(done.leased.len() <= 5);
+            if done.events == 0 && done.deliveries == 0 {
                 return total;
             }
+            let deliveries = done.deliveries;
             total += deliveries;
         }
     };

@@ -387,3 +387,49 @@ async fn an_event_whose_fan_out_keeps_failing_is_set_aside_and_the_rest_go_on(po
         .await;
     app.stop().await;
 }
+
+/// Fresh deliveries leave the fan-out already leased to this instance's
+/// senders (no claim, no second write before the send), within their fair
+/// share; a FIFO webhook's wait for the claim, which keeps them in order.
+#[sqlx::test]
+async fn fresh_deliveries_leave_the_fan_out_leased_except_where_the_claim_decides(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::status(200));
+    let app = TestApp::spawn(pool.clone()).await;
+    app.create_webhook(&receiver.url, &["pool.created"]).await;
+    let fifo = app
+        .post(
+            "/api/v1/webhooks",
+            json!({"url": receiver.url, "events": ["pool.created"], "ordering": "fifo"}),
+        )
+        .await;
+    assert_eq!(fifo.status(), 201);
+    let mut tx = pool.begin().await.unwrap();
+    for i in 0..10 {
+        sqlx::query("SELECT webhook_publish('pool.created', jsonb_build_object('i', $1::int))")
+            .bind(i)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    receiver.wait_for(20, Duration::from_secs(10)).await;
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let leased = text
+        .lines()
+        .find(|l| l.starts_with("webhook_deliveries_leased_at_fan_out_total "))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(leased, "webhook_deliveries_leased_at_fan_out_total 10");
+    receiver
+        .assert_stays_at(20, Duration::from_millis(300))
+        .await;
+    app.stop().await;
+}
