@@ -81,6 +81,10 @@ pub struct Senders {
 pub struct Reserved {
     permits: Option<OwnedSemaphorePermit>,
     pub rooms: fairness::Rooms,
+    /// Set for the fan-out's reservation (all free slots): giving back what
+    /// it did not use wakes the claim loop, which may have found none free.
+    /// Not for the claim loop's own (it would wake itself for nothing).
+    freed: Option<Arc<Notify>>,
 }
 
 impl Reserved {
@@ -89,7 +93,31 @@ impl Reserved {
     }
 }
 
+impl Reserved {
+    /// Gives back the slots not used (`start` took the rest).
+    fn give_back(&mut self) {
+        if self.permits.take().is_some()
+            && let Some(freed) = &self.freed
+        {
+            freed.notify_one();
+        }
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
 impl Senders {
+    /// Takes every free slot for a fan-out that leases (see `Reserved`).
+    pub fn reserve_all(&self) -> Reserved {
+        let mut reserved = self.reserve(usize::MAX);
+        reserved.freed = Some(self.slot_freed.clone());
+        reserved
+    }
+
     /// Takes up to `max` free slots and the rooms to fill them with.
     pub fn reserve(&self, max: usize) -> Reserved {
         let free = self.permits.available_permits().min(max);
@@ -107,13 +135,17 @@ impl Senders {
             free + self.permits.available_permits(),
             &self.in_flight.lock().unwrap().per_webhook,
         );
-        Reserved { permits, rooms }
+        Reserved {
+            permits,
+            rooms,
+            freed: None,
+        }
     }
 
     /// Sends each delivery in a slot of `reserved` (as many as it holds;
     /// the rest of the slots are given back).
-    pub fn start(&self, reserved: Reserved, deliveries: Vec<queue::Claimed>) -> usize {
-        let mut permits = reserved.permits;
+    pub fn start(&self, mut reserved: Reserved, deliveries: Vec<queue::Claimed>) -> usize {
+        let mut permits = reserved.permits.take();
         let mut started = 0;
         for delivery in deliveries {
             let permit = match permits.take() {
@@ -131,7 +163,9 @@ impl Senders {
             self.spawn(delivery, permit);
             started += 1;
         }
-        // What is left of `permits` goes back here.
+        // What is left goes back (with a notice for the fan-out's).
+        reserved.permits = permits;
+        reserved.give_back();
         started
     }
 
@@ -217,9 +251,11 @@ impl Worker {
         let reserved = self.senders.reserve(self.config.batch as usize);
         let free = reserved.count();
         if free == 0 {
+            // Held by the fan-out for a moment, or all busy: a slot coming
+            // back wakes the loop.
             return Ok(WorkOutcome {
                 started: 0,
-                at_share: false,
+                at_share: true,
             });
         }
         let lease_ms = self.config.lease.as_millis() as i64;

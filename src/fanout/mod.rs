@@ -127,7 +127,7 @@ pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
     loop {
         loop {
             // Slots for what this sweep leases, taken before it runs.
-            let reserved = senders.as_ref().map(|s| s.reserve(usize::MAX));
+            let reserved = senders.as_ref().map(|s| s.reserve_all());
             let take = Take {
                 count: reserved.as_ref().map_or(0, |r| r.count() as i64),
                 lease_ms,
