@@ -19,7 +19,7 @@ pub struct Dispatched {
 
 /// Fans out undispatched events, oldest first: up to `events` of them and
 /// at most `chunk` deliveries in this transaction (`webhook_dispatch`,
-/// migrations 15 and 16; an event with more subscribers than that is
+/// migration 15; an event with more subscribers than that is
 /// finished by the next calls). Up to `take` of the new deliveries, within
 /// `rooms`, come back already leased for `lease_ms`, for this instance's
 /// senders; the rest wait for the claim.

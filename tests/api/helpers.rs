@@ -195,6 +195,12 @@ impl TestApp {
             .unwrap()
     }
 
+    /// The open `GET /metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let response = self.client.get(self.url("/metrics")).send().await.unwrap();
+        response.text().await.unwrap()
+    }
+
     /// Registers a webhook and returns the create response.
     pub async fn create_webhook(&self, url: &str, events: &[&str]) -> Value {
         let response = self
@@ -439,4 +445,14 @@ pub fn refused_url() -> String {
     let port = listener.local_addr().unwrap().port();
     drop(listener);
     format!("http://127.0.0.1:{port}/hook")
+}
+
+/// The value of an unlabelled series in Prometheus text, if present.
+pub fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' '))
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }

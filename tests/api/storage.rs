@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use smartdrop_webhooks::db::MIGRATOR;
 
-use crate::helpers::{Receiver, Reply, TestApp, count};
+use crate::helpers::{Receiver, Reply, TestApp, count, metric};
 
 /// The last migration before the body moved onto the event.
 const BEFORE_BODY_ONCE: i64 = 20261129000013;
@@ -341,22 +341,9 @@ async fn an_event_whose_fan_out_keeps_failing_is_set_aside_and_the_rest_go_on(po
             .contains("no room for evt_poison"),
         "{aside}"
     );
-    let metric = |text: &str, name: &str| -> Option<f64> {
-        text.lines()
-            .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    };
     let start = std::time::Instant::now();
     loop {
-        let text = app
-            .client
-            .get(app.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = app.metrics_text().await;
         if metric(&text, "webhook_events_set_aside") == Some(1.0) {
             assert_eq!(metric(&text, "webhook_events_set_aside_total"), Some(1.0));
             break;
@@ -414,20 +401,12 @@ async fn fresh_deliveries_leave_the_fan_out_leased_except_where_the_claim_decide
     }
     tx.commit().await.unwrap();
     receiver.wait_for(20, Duration::from_secs(10)).await;
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let leased = text
-        .lines()
-        .find(|l| l.starts_with("webhook_deliveries_leased_at_fan_out_total "))
-        .unwrap_or_else(|| panic!("{text}"));
-    assert_eq!(leased, "webhook_deliveries_leased_at_fan_out_total 10");
+    let text = app.metrics_text().await;
+    assert_eq!(
+        metric(&text, "webhook_deliveries_leased_at_fan_out_total"),
+        Some(10.0),
+        "{text}"
+    );
     receiver
         .assert_stays_at(20, Duration::from_millis(300))
         .await;
