@@ -87,6 +87,16 @@ pub enum Interrupted {
     ShuttingDown,
 }
 
+impl Interrupted {
+    /// The SQLSTATE of the error the database answered with, if it answered.
+    pub fn sqlstate(&self) -> Option<String> {
+        match self {
+            Interrupted::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
+            _ => None,
+        }
+    }
+}
+
 /// How long a pipeline loop's database work may take, and when to stop.
 #[derive(Debug, Clone)]
 pub struct Bounds {

@@ -24,7 +24,7 @@ use crate::fanout::FanoutContext;
 use crate::intake::Publisher;
 use crate::metrics::Metrics;
 use crate::wakeup::Wakeups;
-use crate::{db, fanout, maintenance, wakeup};
+use crate::{db, fanout, storage, wakeup};
 
 /// Tasks committing the HTTP intake's groups, each on its own connection:
 /// two, so one group is written while the next gathers behind the other.
@@ -147,7 +147,7 @@ impl Application {
         let every = poll.clamp(Duration::from_millis(250), Duration::from_secs(5));
         let stop = shutdown.clone();
         tracker.spawn(async move { metrics.pipeline.watch_backlog(pool, every, stop).await });
-        tracker.spawn(maintenance::run(
+        tracker.spawn(storage::run(
             self.pool.clone(),
             self.config.webhook_retention_days,
             bounds,

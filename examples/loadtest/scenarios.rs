@@ -542,7 +542,7 @@ const CLAIM_SQL: &str = "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF)
 WITH due AS (SELECT id FROM webhook_deliveries WHERE status = 'pending' AND next_retry_at <= now()
              ORDER BY next_retry_at LIMIT 25 FOR UPDATE SKIP LOCKED)
 UPDATE webhook_deliveries d SET next_retry_at = now() + interval '1 minute', lease_token = gen_random_uuid()
-FROM due, webhooks w WHERE d.id = due.id AND w.id = d.webhook_id
+FROM due, webhooks w WHERE d.status = 'pending' AND d.id = due.id AND w.id = d.webhook_id
 RETURNING d.id";
 
 async fn explain(pool: &PgPool, sql: &str) -> anyhow::Result<String> {
@@ -685,6 +685,10 @@ async fn reporting(ctx: &mut Ctx) -> anyhow::Result<Report> {
     let total: i64 = if ctx.smoke { 10_000 } else { 1_000_000 };
     let db = Db::fresh(ctx, "reporting").await?;
     let started = Instant::now();
+    // the history's days for the week seeded below
+    sqlx::query("SELECT webhook_history_prepare((now() AT TIME ZONE 'UTC')::date - 8, (now() AT TIME ZONE 'UTC')::date)")
+        .execute(&db.pool)
+        .await?;
     sqlx::query(
         "INSERT INTO webhooks (id, url, events, secret)
          SELECT 'wh_' || lpad(to_hex(g), 32, '0'), 'https://hook' || g || '.example/x', '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
@@ -696,12 +700,13 @@ async fn reporting(ctx: &mut Ctx) -> anyhow::Result<Report> {
         let (from, to) = (chunk + 1, (chunk + 100_000).min(total));
         // 90 % success (1 or 2 attempts), 5 % failed (3 attempts), 5 % pending (1 attempt).
         sqlx::query(
-            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, status, attempts, created_at, last_attempt_at, next_retry_at)
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, status, attempts, created_at, last_attempt_at, next_retry_at, done_at)
              SELECT 'dlv_' || lpad(to_hex(g), 32, '0'), 'wh_' || lpad(to_hex(1 + g % 1000), 32, '0'), 'e' || g, 'pool.created', '{}',
                     CASE WHEN g % 20 = 0 THEN 'failed' WHEN g % 20 = 1 THEN 'pending' ELSE 'success' END,
                     CASE WHEN g % 20 = 0 THEN 3 WHEN g % 10 = 2 THEN 2 ELSE 1 END,
                     now() - (g % 604800) * interval '1 second', now() - (g % 604800) * interval '1 second',
-                    now() + interval '1 hour'
+                    now() + interval '1 hour',
+                    CASE WHEN g % 20 = 1 THEN NULL ELSE now() - (g % 604800) * interval '1 second' END
              FROM generate_series($1::bigint, $2::bigint) g",
         )
         .bind(from)

@@ -316,6 +316,12 @@ impl Worker {
                         break;
                     }
                     Err(db::Interrupted::ShuttingDown) => break 'outer,
+                    // A row it was locking moved partitions under it (a
+                    // result committed meanwhile): nothing is wrong, claim again.
+                    Err(e) if e.sqlstate().as_deref() == Some("40001") => {
+                        tracing::debug!(error = %e, "claim met a row that had just moved; claiming again");
+                        continue;
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "claiming deliveries failed; retrying at the next poll");
                         break;

@@ -80,13 +80,6 @@ pub fn counts_against_the_event(sqlstate: Option<&str>) -> bool {
     }
 }
 
-fn sqlstate(e: &db::Interrupted) -> Option<String> {
-    match e {
-        db::Interrupted::Database(sqlx::Error::Database(e)) => e.code().map(|c| c.into_owned()),
-        _ => None,
-    }
-}
-
 /// Who the fan-out loop wakes and reports to.
 pub struct FanoutContext {
     pub pool: PgPool,
@@ -164,7 +157,7 @@ pub async fn run(ctx: FanoutContext, bounds: db::Bounds) {
                 }
                 Ok(FanoutOutcome::Idle) => break,
                 Err(db::Interrupted::ShuttingDown) => return,
-                Err(e) if counts_against_the_event(sqlstate(&e).as_deref()) => {
+                Err(e) if counts_against_the_event(e.sqlstate().as_deref()) => {
                     metrics.fan_out_failures.increment(1);
                     if per_call > 1 {
                         tracing::warn!(error = %e, "fan-out failed; going on one event at a time");

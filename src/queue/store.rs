@@ -114,7 +114,7 @@ pub async fn claim_failed(
         Claimed,
         r#"
         UPDATE webhook_deliveries d
-        SET status = 'pending',
+        SET status = 'pending', done_at = NULL,
             next_retry_at    = now() + make_interval(secs => $3::float8 / 1000),
             lease_expires_at = now() + make_interval(secs => $3::float8 / 1000),
             lease_token      = gen_random_uuid()
@@ -191,6 +191,8 @@ pub(super) async fn finish_many(
             -- The fence: only the lease holder's write lands.
             UPDATE webhook_deliveries d
             SET status = i.status,
+                -- a finished row moves to its day of the history
+                done_at = CASE WHEN i.status <> 'pending' THEN now() END,
                 attempts = d.attempts + 1,
                 -- the database's clock, not this host's
                 next_retry_at = COALESCE(now() + make_interval(secs => i.retry_in_ms / 1000.0),
@@ -201,7 +203,8 @@ pub(super) async fn finish_many(
                 last_error = i.error,
                 last_attempt_at = i.started_at
             FROM input i
-            WHERE d.id = i.id AND d.lease_token = i.token
+            -- (status names the queue partition: by id alone, every day is searched)
+            WHERE d.status = 'pending' AND d.id = i.id AND d.lease_token = i.token
             RETURNING d.id, d.webhook_id, d.attempts, i.started_at, i.duration_ms, i.response_status,
                       i.error_kind, i.error, i.excerpt
         ), logged AS (
@@ -354,9 +357,9 @@ pub async fn requeue_failed(
             FOR UPDATE SKIP LOCKED
         )
         UPDATE webhook_deliveries d
-        SET status = 'pending', attempts_before = d.attempts, next_retry_at = now(),
+        SET status = 'pending', done_at = NULL, attempts_before = d.attempts, next_retry_at = now(),
             lease_expires_at = NULL, lease_token = NULL
-        FROM picked WHERE d.id = picked.id
+        FROM picked WHERE d.status = 'failed' AND d.id = picked.id
         RETURNING d.id
         "#,
         webhook_id,

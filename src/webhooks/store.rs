@@ -223,7 +223,7 @@ pub async fn disable<'e>(
             RETURNING id
         ), failed AS (
             UPDATE webhook_deliveries d
-            SET status = 'failed', last_error = 'not sent: the webhook was disabled: ' || $2
+            SET status = 'failed', done_at = now(), last_error = 'not sent: the webhook was disabled: ' || $2
             FROM off
             WHERE d.webhook_id = off.id AND d.status = 'pending'
               AND (d.lease_expires_at IS NULL OR d.lease_expires_at <= now())

@@ -148,47 +148,77 @@ async fn each_event_fans_out_once_however_many_sweepers(pool: PgPool) {
 }
 
 #[sqlx::test]
-async fn retention_purges_only_old_successful_deliveries(pool: PgPool) {
-    seed(&pool, 4).await;
-    // Each delivery gets an attempt, as the completer records them.
-    for claimed in store::claim_due(&pool, 10, 60_000).await.unwrap() {
-        assert!(finish(&pool, &claimed, NextState::Success).await);
+async fn retention_drops_whole_days_of_history_and_never_what_can_still_be_sent(pool: PgPool) {
+    seed(&pool, 5).await;
+    // Each finished delivery gets an attempt, as the completer records them;
+    // the fifth stays pending.
+    let claimed = store::claim_due(&pool, 4, 60_000).await.unwrap();
+    assert_eq!(claimed.len(), 4);
+    for (i, c) in claimed.iter().enumerate() {
+        let next = if i == 2 {
+            NextState::Failed
+        } else {
+            NextState::Success
+        };
+        assert!(finish(&pool, c, next).await);
     }
-    assert_eq!(
-        count(&pool, "SELECT count(*) FROM webhook_delivery_attempts").await,
-        4
-    );
-    // Two old successes, one old failure, one recent success.
-    sqlx::query(
-        "UPDATE webhook_deliveries SET status = v.status, created_at = now() - v.age
-         FROM (SELECT id, row_number() OVER (ORDER BY id) AS n FROM webhook_deliveries) r,
-              (VALUES (1, 'success', interval '40 days'), (2, 'success', interval '31 days'),
-                      (3, 'failed', interval '40 days'), (4, 'success', interval '1 day')) AS v(n, status, age)
-         WHERE r.id = webhook_deliveries.id AND r.n = v.n",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    assert_eq!(
-        smartdrop_webhooks::maintenance::purge_once(&pool, 30)
+    // Age them: history 40, 31, 40 and 1 days old (their attempts the same),
+    // and the pending one 40 days old. Rows move to their day's partition.
+    sqlx::query("SELECT webhook_history_prepare((now() AT TIME ZONE 'UTC')::date - 45, (now() AT TIME ZONE 'UTC')::date)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (i, age) in [40, 31, 40, 1].iter().enumerate() {
+        sqlx::query("UPDATE webhook_deliveries SET done_at = now() - make_interval(days => $2), created_at = now() - make_interval(days => $2) WHERE id = $1")
+            .bind(&claimed[i].id)
+            .bind(age)
+            .execute(&pool)
             .await
-            .unwrap(),
-        2
+            .unwrap();
+        sqlx::query("UPDATE webhook_delivery_attempts SET started_at = now() - make_interval(days => $2) WHERE delivery_id = $1")
+            .bind(&claimed[i].id)
+            .bind(age)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("UPDATE webhook_deliveries SET created_at = now() - interval '40 days' WHERE status = 'pending'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let days =
+        "SELECT count(*) FROM pg_inherits WHERE inhparent = 'webhook_deliveries_history'::regclass";
+    let before = count(&pool, days).await;
+
+    let bounds = smartdrop_webhooks::db::Bounds::new(
+        std::time::Duration::from_secs(5),
+        tokio_util::sync::CancellationToken::new(),
     );
+    smartdrop_webhooks::storage::maintain(&pool, 30, &bounds).await;
+
+    // Days 45..31 ago went (15 days of each table), whole; nothing was deleted
+    // row by row from the days kept.
+    assert_eq!(count(&pool, days).await, before - 15);
     let left: Vec<(String,)> =
         sqlx::query_as("SELECT status FROM webhook_deliveries ORDER BY status")
             .fetch_all(&pool)
             .await
             .unwrap();
-    assert_eq!(left, [("failed".to_owned(),), ("success".to_owned(),)]);
-    // The purged deliveries' attempts went with them; the others' stayed.
-    let orphans = "SELECT count(*) FROM webhook_delivery_attempts a
-                   WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)";
-    assert_eq!(count(&pool, orphans).await, 0);
+    assert_eq!(left, [("pending".to_owned(),), ("success".to_owned(),)]);
     assert_eq!(
         count(&pool, "SELECT count(*) FROM webhook_delivery_attempts").await,
-        2
+        1
     );
+    // The 40-day-old pending delivery is still claimable.
+    let again = store::claim_due(&pool, 10, 60_000).await.unwrap();
+    assert_eq!(again.len(), 1);
+    // The days ahead exist (a week), so results have somewhere to go.
+    let ahead = "SELECT count(*) FROM pg_class WHERE relname = 'webhook_deliveries_' || to_char((now() AT TIME ZONE 'UTC')::date + 7, 'YYYYMMDD')";
+    assert_eq!(count(&pool, ahead).await, 1);
+    // A second round finds nothing more to drop.
+    smartdrop_webhooks::storage::maintain(&pool, 30, &bounds).await;
+    assert_eq!(count(&pool, days).await, before - 15);
+
     // Deleting the webhook takes its deliveries and their attempts.
     sqlx::query("DELETE FROM webhooks")
         .execute(&pool)
@@ -196,6 +226,10 @@ async fn retention_purges_only_old_successful_deliveries(pool: PgPool) {
         .unwrap();
     assert_eq!(
         count(&pool, "SELECT count(*) FROM webhook_delivery_attempts").await,
+        0
+    );
+    assert_eq!(
+        count(&pool, "SELECT count(*) FROM webhook_deliveries").await,
         0
     );
 }

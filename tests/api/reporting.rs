@@ -51,6 +51,11 @@ async fn seed(pool: &PgPool) -> Seeded {
         .fetch_one(pool)
         .await
         .unwrap();
+    // the history's days for the rows below (the migration made today's on)
+    sqlx::query("SELECT webhook_history_prepare((now() AT TIME ZONE 'UTC')::date - 3, (now() AT TIME ZONE 'UTC')::date)")
+        .execute(pool)
+        .await
+        .unwrap();
     let webhook = |url: &'static str| {
         sqlx::query_scalar::<_, String>(
             "INSERT INTO webhooks (url, events, secret) VALUES ($1, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') RETURNING id",
@@ -70,8 +75,8 @@ async fn seed(pool: &PgPool) -> Seeded {
                     created: DateTime<Utc>,
                     next: DateTime<Utc>| {
         sqlx::query(
-            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, status, attempts, created_at, next_retry_at)
-             VALUES ($1, $2, $1, 'pool.created', '{}', $3, $4, $5, $6)",
+            "INSERT INTO webhook_deliveries (id, webhook_id, event_id, event_type, body, status, attempts, created_at, next_retry_at, done_at)
+             VALUES ($1, $2, $1, 'pool.created', '{}', $3, $4, $5, $6, CASE WHEN $3 <> 'pending' THEN $5 END)",
         )
         .bind(id)
         .bind(wh.clone())
