@@ -253,6 +253,7 @@ pub async fn run(ctx: &mut Ctx, name: &str) -> anyhow::Result<Report> {
         "wide-100k" => wide_100k(ctx).await,
         "steady" => steady(ctx).await,
         "backlog" => backlog(ctx).await,
+        "retention" => retention(ctx).await,
         "failing" => crate::isolation::failing(ctx).await,
         "slow-neighbour" => crate::isolation::slow_neighbour(ctx).await,
         "reporting" => reporting(ctx).await,
@@ -677,6 +678,92 @@ async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Report> {
         p50_ms: Some(full),
         note,
         ..Default::default()
+    })
+}
+
+/// A day of history past retention (1,000,000 finished deliveries and as many
+/// attempts) beside 1,000 pending deliveries as old: how long the drop takes,
+/// and that it leaves the pending ones.
+async fn retention(ctx: &mut Ctx) -> anyhow::Result<Report> {
+    let total: i64 = if ctx.smoke { 10_000 } else { 1_000_000 };
+    let db = Db::fresh(ctx, "retention").await?;
+    let webhook: String = sqlx::query_scalar(
+        "INSERT INTO webhooks (url, events, secret) VALUES ('http://127.0.0.1:9/x', '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw') RETURNING id",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    let day = "(now() AT TIME ZONE 'UTC')::date - 31";
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT webhook_history_prepare({day}, {day})"
+    )))
+    .execute(&db.pool)
+    .await?;
+    let started = Instant::now();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, status, attempts, created_at, last_attempt_at, done_at)
+         SELECT $1, 'old-' || g, 'pool.created', '{}', 'success', 1, t, t, t
+         FROM generate_series(1, $2) g, (SELECT now() - interval '31 days' AS t) x",
+    )
+    .bind(&webhook)
+    .bind(total)
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO webhook_delivery_attempts (delivery_id, webhook_id, attempt, started_at, duration_ms, response_status)
+         SELECT id, webhook_id, 1, done_at, 5, 200 FROM webhook_deliveries WHERE status = 'success'",
+    )
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, created_at, next_retry_at)
+         SELECT $1, 'waiting-' || g, 'pool.created', '{}', now() - interval '31 days', now() + interval '1 hour'
+         FROM generate_series(1, 1000) g",
+    )
+    .bind(&webhook)
+    .execute(&db.pool)
+    .await?;
+    let fill_secs = started.elapsed().as_secs_f64();
+    let bytes: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT (pg_total_relation_size('webhook_deliveries_' || to_char({day}, 'YYYYMMDD'))
+               + pg_total_relation_size('webhook_delivery_attempts_' || to_char({day}, 'YYYYMMDD')))::int8"
+    )))
+    .fetch_one(&db.pool)
+    .await?;
+    let bounds = smartdrop_webhooks::db::Bounds::new(
+        Duration::from_secs(30),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let started = Instant::now();
+    smartdrop_webhooks::storage::maintain(&db.pool, 30, &bounds).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let (left, pending): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status <> 'pending'), count(*) FILTER (WHERE status = 'pending')
+         FROM webhook_deliveries",
+    )
+    .fetch_one(&db.pool)
+    .await?;
+    anyhow::ensure!(left == 0, "{left} finished deliveries left after the drop");
+    anyhow::ensure!(pending == 1000, "{pending} of 1000 pending deliveries left");
+    let note = format!(
+        "dropped a day of {total} deliveries + {total} attempts ({:.0} MB) in {:.0} ms; 1000 pending as old untouched; seeded in {fill_secs:.0} s",
+        bytes as f64 / 1e6,
+        seconds * 1000.0
+    );
+    db.drop_it().await?;
+    Ok(Report {
+        scenario: "retention".into(),
+        deliveries: total as u64,
+        seconds,
+        rate: 0.0,
+        ceiling: ctx.ceiling,
+        ratio: 0.0,
+        p50_ms: None,
+        p95_ms: None,
+        p99_ms: None,
+        peak_rss_mb: None,
+        cpu_s_per_1k: None,
+        pg_us_per_delivery: None,
+        note,
     })
 }
 

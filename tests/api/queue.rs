@@ -234,6 +234,52 @@ async fn retention_drops_whole_days_of_history_and_never_what_can_still_be_sent(
     );
 }
 
+#[sqlx::test]
+async fn a_claim_starts_at_the_webhook_s_floor_and_a_row_left_below_it_waits_at_most_ten_seconds(
+    pool: PgPool,
+) {
+    seed(&pool, 3).await;
+    // A first claim walks the whole range and sets the floor (a second ago at most).
+    let first = store::claim_due(&pool, 2, 60_000).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let floor =
+        "SELECT count(*) FROM webhook_endpoint_state WHERE due_floor <= now() - interval '1 second'
+                 AND due_floor_from > now() - interval '10 seconds'";
+    assert_eq!(count(&pool, floor).await, 1);
+    // A row committed below the floor, as by a transaction that began long ago.
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, next_retry_at)
+         SELECT id, 'late', 'pool.created', '{}', now() - interval '1 hour' FROM webhooks",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // Claims start at the floor: the third seeded row, not the late one.
+    let next = store::claim_due(&pool, 10, 60_000).await.unwrap();
+    assert_eq!(next.len(), 1);
+    let late =
+        "SELECT count(*) FROM webhook_deliveries WHERE event_id = 'late' AND lease_token IS NULL";
+    assert_eq!(count(&pool, late).await, 1);
+    // The webhook wakes when the floor ends, and that claim looks below it.
+    let wakes = "SELECT count(*) FROM webhook_endpoint_state
+                 WHERE ready_at IS NOT NULL AND ready_at <= due_floor_from + interval '10 seconds'";
+    assert_eq!(count(&pool, wakes).await, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let taken = loop {
+        let got = store::claim_due(&pool, 10, 60_000).await.unwrap();
+        if !got.is_empty() || std::time::Instant::now() > deadline {
+            break got;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        taken.len(),
+        1,
+        "the row below the floor was not claimed within 15 s"
+    );
+    assert_eq!(count(&pool, late).await, 0);
+}
+
 #[test]
 fn debug_output_never_contains_a_secret() {
     let claimed = smartdrop_webhooks::queue::Claimed {
