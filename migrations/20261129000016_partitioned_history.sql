@@ -141,9 +141,9 @@ END $$;
 -- Rows carried over: a finished row's day is its last attempt (or, never
 -- attempted, its creation).
 SELECT webhook_history_prepare(
-    least((SELECT min(coalesce(last_attempt_at, created_at))::date
+    least((SELECT (min(coalesce(last_attempt_at, created_at)) AT TIME ZONE 'UTC')::date
            FROM webhook_deliveries_unpartitioned WHERE status <> 'pending'),
-          (SELECT min(started_at)::date FROM webhook_delivery_attempts_unpartitioned),
+          (SELECT (min(started_at) AT TIME ZONE 'UTC')::date FROM webhook_delivery_attempts_unpartitioned),
           (now() AT TIME ZONE 'UTC')::date),
     (now() AT TIME ZONE 'UTC')::date + 7);
 

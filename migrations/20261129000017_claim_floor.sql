@@ -14,7 +14,7 @@
 -- floor holds for 10 s from the full walk that set it, after which the next
 -- claim walks the whole range again and sets a new one. A row below the
 -- floor therefore waits 10 s at most; a webhook with a floor wakes when it
--- ends. FIFO webhooks take their head by the FIFO index and keep no floor.
+-- ends. FIFO webhooks take their head by the FIFO index and ignore the floor.
 ALTER TABLE webhook_endpoint_state
     ADD COLUMN due_floor      timestamptz,
     -- when a full walk last set it (the floor holds 10 s from then)

@@ -87,6 +87,31 @@ pub enum Interrupted {
     ShuttingDown,
 }
 
+/// Runs `work` again, up to three times, when it fails with a serialization
+/// failure (SQLSTATE 40001). Since the history is partitioned (migration 16),
+/// a statement that meets a delivery a committed result has just moved to its
+/// day fails this way instead of skipping the row; run again, it sees where
+/// the row is now. For statements that may touch rows in flight (deleting a
+/// webhook, re-sorting its queue).
+pub async fn retry_if_moved<T, F, Fut>(mut work: F) -> sqlx::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = sqlx::Result<T>>,
+{
+    let mut tries = 1;
+    loop {
+        match work().await {
+            Err(e)
+                if tries < 4
+                    && e.as_database_error().and_then(|d| d.code()).as_deref() == Some("40001") =>
+            {
+                tries += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 impl Interrupted {
     /// The SQLSTATE of the error the database answered with, if it answered.
     pub fn sqlstate(&self) -> Option<String> {

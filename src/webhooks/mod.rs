@@ -157,23 +157,31 @@ fn human(d: Duration) -> String {
 
 /// Applies a validated change. Re-enabling clears the disable reason and the
 /// breaker (what it deferred is due at once); a change of ordering re-sorts
-/// what is pending.
+/// what is pending (again if a delivery in flight moved to the history
+/// under it).
 pub async fn update(
     pool: &PgPool,
     id: &str,
     patch: &WebhookPatch,
 ) -> sqlx::Result<Option<Webhook>> {
-    let mut tx = pool.begin().await?;
-    if !store::patch(&mut tx, id, patch).await? {
+    let changed = crate::db::retry_if_moved(|| async {
+        let mut tx = pool.begin().await?;
+        if !store::patch(&mut tx, id, patch).await? {
+            return Ok(false);
+        }
+        if patch.active == Some(true) {
+            endpoints::reset(&mut tx, id).await?;
+        }
+        if let Some(ordering) = patch.ordering {
+            endpoints::set_ordering(&mut tx, id, ordering == Ordering::Fifo).await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    })
+    .await?;
+    if !changed {
         return Ok(None);
     }
-    if patch.active == Some(true) {
-        endpoints::reset(&mut tx, id).await?;
-    }
-    if let Some(ordering) = patch.ordering {
-        endpoints::set_ordering(&mut tx, id, ordering == Ordering::Fifo).await?;
-    }
-    tx.commit().await?;
     store::get(pool, id).await
 }
 

@@ -166,12 +166,16 @@ pub async fn patch(conn: &mut PgConnection, id: &str, patch: &WebhookPatch) -> s
     Ok(done.rows_affected() == 1)
 }
 
-/// Deletes the webhook and, by cascade, its deliveries and their attempts.
+/// Deletes the webhook and, by cascade, its deliveries and their attempts
+/// (again if a delivery in flight moved to the history under it).
 pub async fn delete(pool: &PgPool, id: &str) -> sqlx::Result<bool> {
-    let done = sqlx::query!("DELETE FROM webhooks WHERE id = $1", id)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected() == 1)
+    crate::db::retry_if_moved(|| async {
+        let done = sqlx::query!("DELETE FROM webhooks WHERE id = $1", id)
+            .execute(pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    })
+    .await
 }
 
 /// Replaces the secret; the one it replaces keeps signing for `overlap_s`
