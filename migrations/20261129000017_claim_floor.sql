@@ -8,10 +8,11 @@
 --
 -- Each webhook now keeps a floor: the due time of the oldest row its last
 -- claim took (capped at a second ago). Claims and the sleep's min() start
--- there. Below it there is nothing but dead entries, except for a moment
--- after a race (a row committed by a transaction that began before the
--- floor was set, or a skipped locked row whose locker rolled back); so a
--- floor holds for 10 s from the full walk that set it, after which the next
+-- there. Below it there is nothing but dead entries (an insert below it
+-- lowers it, see the end), except for a moment after a race (an update by a
+-- transaction that began before the floor was set, or a skipped locked row
+-- whose locker rolled back); so a floor holds for 10 s from the full walk
+-- that set it, after which the next
 -- claim walks the whole range again and sets a new one. A row below the
 -- floor therefore waits 10 s at most; a webhook with a floor wakes when it
 -- ends. FIFO webhooks take their head by the FIFO index and ignore the floor.
@@ -300,4 +301,30 @@ BEGIN
         FROM first f
         WHERE s.webhook_id = f.webhook_id;
     END IF;
+END $$;
+
+-- Rows inserted below a webhook's floor (a transaction that began more than a
+-- second before a claim raised it) lower the floor in the inserting
+-- statement, so they are not hidden for the floor's 10 s. As before, only
+-- webhooks whose state changes are written: one that is awake and whose floor
+-- is below the new rows (the usual case) costs nothing more.
+CREATE OR REPLACE FUNCTION webhook_deliveries_ready() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM webhook_endpoint_state s
+    WHERE s.webhook_id IN (SELECT n.webhook_id FROM new_rows n WHERE n.status = 'pending')
+    ORDER BY s.webhook_id
+    FOR KEY SHARE;
+    PERFORM 1 FROM webhook_endpoint_state s
+    JOIN (SELECT webhook_id, min(next_retry_at) AS due FROM new_rows WHERE status = 'pending' GROUP BY webhook_id) n
+      ON n.webhook_id = s.webhook_id
+    WHERE s.ready_at IS NULL OR s.ready_at > n.due OR s.due_floor > n.due
+    ORDER BY s.webhook_id
+    FOR NO KEY UPDATE OF s;
+    UPDATE webhook_endpoint_state s
+    SET ready_at = least(s.ready_at, n.due),
+        due_floor = least(s.due_floor, n.due)
+    FROM (SELECT webhook_id, min(next_retry_at) AS due FROM new_rows WHERE status = 'pending' GROUP BY webhook_id) n
+    WHERE s.webhook_id = n.webhook_id
+      AND (s.ready_at IS NULL OR s.ready_at > n.due OR s.due_floor > n.due);
+    RETURN NULL;
 END $$;

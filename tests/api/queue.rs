@@ -247,7 +247,8 @@ async fn a_claim_starts_at_the_webhook_s_floor_and_a_row_left_below_it_waits_at_
         "SELECT count(*) FROM webhook_endpoint_state WHERE due_floor <= now() - interval '1 second'
                  AND due_floor_from > now() - interval '10 seconds'";
     assert_eq!(count(&pool, floor).await, 1);
-    // A row committed below the floor, as by a transaction that began long ago.
+    // A row inserted below the floor (by a transaction that began long ago)
+    // lowers it: it is claimed at once.
     sqlx::query(
         "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, next_retry_at)
          SELECT id, 'late', 'pool.created', '{}', now() - interval '1 hour' FROM webhooks",
@@ -255,13 +256,25 @@ async fn a_claim_starts_at_the_webhook_s_floor_and_a_row_left_below_it_waits_at_
     .execute(&pool)
     .await
     .unwrap();
-    // Its insert woke the webhook, but claims start at the floor.
-    let next = store::claim_due(&pool, 10, 60_000).await.unwrap();
-    assert_eq!(next.len(), 0);
-    let late =
-        "SELECT count(*) FROM webhook_deliveries WHERE event_id = 'late' AND lease_token IS NULL";
-    assert_eq!(count(&pool, late).await, 1);
-    // The webhook wakes when the floor ends, and that claim looks below it.
+    let late = store::claim_due(&pool, 10, 60_000).await.unwrap();
+    assert_eq!(late.len(), 1);
+    // A row updated below the floor (a retry written by such a transaction)
+    // is not seen by the claims that start at the floor...
+    sqlx::query(
+        "UPDATE webhook_deliveries SET next_retry_at = now() - interval '2 hours',
+                lease_token = NULL, lease_expires_at = NULL
+         WHERE status = 'pending' AND event_id = 'late'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query("UPDATE webhook_endpoint_state SET ready_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let hidden = store::claim_due(&pool, 10, 60_000).await.unwrap();
+    assert_eq!(hidden.len(), 0);
+    // ...but the webhook wakes when the floor ends, and that claim looks below it.
     let wakes = "SELECT count(*) FROM webhook_endpoint_state
                  WHERE ready_at IS NOT NULL AND ready_at <= due_floor_from + interval '10 seconds'";
     assert_eq!(count(&pool, wakes).await, 1);
@@ -278,7 +291,7 @@ async fn a_claim_starts_at_the_webhook_s_floor_and_a_row_left_below_it_waits_at_
         1,
         "the row below the floor was not claimed within 15 s"
     );
-    assert_eq!(count(&pool, late).await, 0);
+    assert_eq!(taken[0].id, late[0].id);
 }
 
 #[test]
