@@ -221,10 +221,11 @@ CREATE VIEW webhook_delivery_volume_hourly AS
     FROM webhook_deliveries
     GROUP BY 1, 2, 3;
 
--- The claim and the sweep write only queue rows, and say so: a statement on
+-- The sweep writes only queue rows, and says so: a statement on
 -- webhook_deliveries that names a row by id alone looks in every partition.
--- Their definitions are otherwise unchanged (migrations 14 and 15), so they
--- are edited here rather than written out again; each edit must apply.
+-- Its definition is otherwise unchanged (migration 15), so it is edited here
+-- rather than written out again; the edit must apply. (The claim, which
+-- needs the same and more, is written out whole in migration 17.)
 CREATE FUNCTION pg_temp.edit_function(fn regprocedure, edits text[][]) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -239,14 +240,6 @@ BEGIN
     END LOOP;
     EXECUTE def;
 END $$;
-
-SELECT pg_temp.edit_function('webhook_claim(integer, double precision, text[], integer[], integer)', ARRAY[
-    ['SET status = ''failed'',',
-     'SET status = ''failed'', done_at = now(),'],
-    ['WHERE d.id IN (SELECT x.id FROM webhook_deliveries x',
-     'WHERE d.status = ''pending'' AND d.id IN (SELECT x.id FROM webhook_deliveries x'],
-    ['FROM due WHERE d.id = due.id',
-     'FROM due WHERE d.status = ''pending'' AND d.id = due.id']]);
 
 SELECT pg_temp.edit_function('webhook_dispatch(integer, integer, integer, double precision, text[], integer[], integer)', ARRAY[
     ['(SELECT * FROM webhook_deliveries d WHERE d.id = l.id)',

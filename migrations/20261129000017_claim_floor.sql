@@ -24,8 +24,9 @@ ALTER TABLE webhook_endpoint_state
     -- not serialized on this row, they skip it while another claim raises it)
     ADD COLUMN due_floor_at   timestamptz;
 
--- The claim of migration 14 with migration 16's edits, the floor and a plan
--- setting, whole.
+-- The claim of migration 14, whole, with what the partitions of migration 16
+-- need (its writes name the queue, status = 'pending'; its dead letter sets
+-- done_at), the floor and a plan setting.
 CREATE OR REPLACE FUNCTION webhook_claim(batch integer, lease_ms double precision, busy_ids text[],
                               busy_room integer[], new_room integer)
 RETURNS TABLE (id text, lease_token uuid, attempts integer, webhook_id text, url text,

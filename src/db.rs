@@ -87,6 +87,15 @@ pub enum Interrupted {
     ShuttingDown,
 }
 
+/// Whether a statement failed because a row it was locking or changing moved
+/// to another partition (SQLSTATE 40001, a serialization failure): a result
+/// committed meanwhile moved the delivery to its day of the history.
+pub fn row_moved(e: &sqlx::Error) -> bool {
+    e.as_database_error()
+        .and_then(|d| d.code())
+        .is_some_and(|c| c == "40001")
+}
+
 /// Runs `work` again, up to three times, when it fails with a serialization
 /// failure (SQLSTATE 40001). Since the history is partitioned (migration 16),
 /// a statement that meets a delivery a committed result has just moved to its
@@ -101,12 +110,7 @@ where
     let mut tries = 1;
     loop {
         match work().await {
-            Err(e)
-                if tries < 4
-                    && e.as_database_error().and_then(|d| d.code()).as_deref() == Some("40001") =>
-            {
-                tries += 1;
-            }
+            Err(e) if tries < 4 && row_moved(&e) => tries += 1,
             done => return done,
         }
     }

@@ -91,9 +91,7 @@ impl Reserved {
     pub fn count(&self) -> usize {
         self.permits.as_ref().map_or(0, |p| p.num_permits())
     }
-}
 
-impl Reserved {
     /// Gives back the slots not used (`start` took the rest).
     fn give_back(&mut self) {
         if self.permits.take().is_some()
@@ -318,7 +316,7 @@ impl Worker {
                     Err(db::Interrupted::ShuttingDown) => break 'outer,
                     // A row it was locking moved partitions under it (a
                     // result committed meanwhile): nothing is wrong, claim again.
-                    Err(e) if e.sqlstate().as_deref() == Some("40001") => {
+                    Err(db::Interrupted::Database(e)) if db::row_moved(&e) => {
                         tracing::debug!(error = %e, "claim met a row that had just moved; claiming again");
                         continue;
                     }
