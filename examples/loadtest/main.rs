@@ -1,6 +1,7 @@
 //! The load-test harness: `cargo run --release --example loadtest -- <scenario>`
 //! with scenario one of throughput, fanout, wide, steady, backlog, retention
-//! (a day of 1,000,000 finished deliveries past retention, dropped), failing,
+//! (a day of 1,000,000 finished deliveries and the week of their events past
+//! retention, dropped), failing,
 //! slow-neighbour, reporting, filtered (10,000 webhooks, each filtering on
 //! its own pool_id), isolation (throughput, slow-neighbour, failing),
 //! http-intake (http-1, http-32: one event per POST /events on 1 and 32

@@ -682,8 +682,9 @@ async fn backlog(ctx: &mut Ctx) -> anyhow::Result<Report> {
 }
 
 /// A day of history past retention (1,000,000 finished deliveries and as many
-/// attempts) beside 1,000 pending deliveries as old: how long the drop takes,
-/// and that it leaves the pending ones.
+/// attempts, each delivery of its own event, the events in a week partition
+/// past retention) beside 1,000 pending deliveries as old: how long the drops
+/// take, how long a publish waits meanwhile, and that the pending ones stay.
 async fn retention(ctx: &mut Ctx) -> anyhow::Result<Report> {
     let total: i64 = if ctx.smoke { 10_000 } else { 1_000_000 };
     let db = Db::fresh(ctx, "retention").await?;
@@ -699,9 +700,22 @@ async fn retention(ctx: &mut Ctx) -> anyhow::Result<Report> {
     .execute(&db.pool)
     .await?;
     let started = Instant::now();
+    // The events, in the partition that holds what was published before
+    // migration 18 (the only one below the current week), bodies as the
+    // fan-out stores them.
     sqlx::query(
-        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, status, attempts, created_at, last_attempt_at, done_at)
-         SELECT $1, 'old-' || g, 'pool.created', '{}', 'success', 1, t, t, t
+        "INSERT INTO webhook_events (id, event_id, event_type, data, occurred_at, created_at, dispatched_at, body)
+         OVERRIDING SYSTEM VALUE
+         SELECT g, 'old-' || g, 'pool.created', d, t, t, t, webhook_body('pool.created', 'old-' || g, t, d)
+         FROM generate_series(1, $1) g, (SELECT now() - interval '31 days' AS t) x,
+              (SELECT '{\"pool\": \"0x52908400098527886e0f7030069857d2e4169ee7\", \"apr\": 12.5}'::jsonb AS d) y",
+    )
+    .bind(total)
+    .execute(&db.pool)
+    .await?;
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, event_seq, status, attempts, created_at, last_attempt_at, done_at)
+         SELECT $1, 'old-' || g, 'pool.created', g, 'success', 1, t, t, t
          FROM generate_series(1, $2) g, (SELECT now() - interval '31 days' AS t) x",
     )
     .bind(&webhook)
@@ -729,13 +743,48 @@ async fn retention(ctx: &mut Ctx) -> anyhow::Result<Report> {
     )))
     .fetch_one(&db.pool)
     .await?;
+    let event_bytes: i64 =
+        sqlx::query_scalar("SELECT pg_total_relation_size('webhook_events_carried')::int8")
+            .fetch_one(&db.pool)
+            .await?;
     let bounds = smartdrop_webhooks::db::Bounds::new(
         Duration::from_secs(30),
         tokio_util::sync::CancellationToken::new(),
     );
+    // A producer publishing one event at a time throughout: its slowest
+    // publish is what the drops' locks cost it.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let producer = {
+        let (pool, stop) = (db.pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut slowest = Duration::ZERO;
+            let mut n = 0u64;
+            while !stop.is_cancelled() {
+                let t = Instant::now();
+                sqlx::query("SELECT webhook_publish('pool.created', '{}')")
+                    .execute(&pool)
+                    .await?;
+                slowest = slowest.max(t.elapsed());
+                n += 1;
+            }
+            anyhow::Ok((slowest, n))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = Instant::now();
+    let events_dropped =
+        smartdrop_webhooks::storage::drop_partition(&db.pool, "webhook_events_carried", 30).await?;
+    let events_seconds = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        events_dropped == smartdrop_webhooks::storage::Dropped::Dropped,
+        "the events' partition was not dropped: {events_dropped:?}"
+    );
     let started = Instant::now();
     smartdrop_webhooks::storage::maintain(&db.pool, 30, &bounds).await;
     let seconds = started.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.cancel();
+    let (slowest, published) = producer.await??;
     let (left, pending): (i64, i64) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status <> 'pending'), count(*) FILTER (WHERE status = 'pending')
          FROM webhook_deliveries",
@@ -745,9 +794,13 @@ async fn retention(ctx: &mut Ctx) -> anyhow::Result<Report> {
     anyhow::ensure!(left == 0, "{left} finished deliveries left after the drop");
     anyhow::ensure!(pending == 1000, "{pending} of 1000 pending deliveries left");
     let note = format!(
-        "dropped a day of {total} deliveries + {total} attempts ({:.0} MB) in {:.0} ms; 1000 pending as old untouched; seeded in {fill_secs:.0} s",
+        "dropped a day of {total} deliveries + {total} attempts ({:.0} MB) in {:.0} ms and the week of their {total} events ({:.0} MB) in {:.0} ms; \
+         1000 pending as old untouched; a producer's slowest of {published} publishes meanwhile {:.0} ms; seeded in {fill_secs:.0} s",
         bytes as f64 / 1e6,
-        seconds * 1000.0
+        seconds * 1000.0,
+        event_bytes as f64 / 1e6,
+        events_seconds * 1000.0,
+        slowest.as_secs_f64() * 1000.0,
     );
     db.drop_it().await?;
     Ok(Report {

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::page::{self, Page};
 use super::webhooks::parse_id;
 use crate::domain::ids::{DeliveryId, WebhookId};
+use crate::queue::store::HandRetry;
 use crate::queue::{self, Attempt, Delivery};
 use crate::webhooks;
 
@@ -91,34 +92,45 @@ pub async fn get(
 #[utoipa::path(post, path = "/api/v1/webhooks/{id}/deliveries/{delivery_id}/retry", operation_id = "retryDelivery", tag = "deliveries",
     responses((status = 200, body = Delivery, description = "the delivery after the new attempt"),
         (status = 404, body = super::error::ErrorBody),
-        (status = 409, body = super::error::ErrorBody, description = "the delivery is not failed")),
+        (status = 409, body = super::error::ErrorBody, description = "the delivery is not failed, its webhook is inactive, or its event is past retention")),
     security(("bearer" = [])))]
 pub async fn retry(
     state: web::Data<ApiState>,
     path: web::Path<(String, String)>,
 ) -> Result<HttpResponse, ApiError> {
     let (webhook_id, delivery_id) = parse_ids(path.into_inner())?;
-    let claimed = queue::store::claim_failed(
+    let claimed = match queue::store::claim_failed(
         &state.pool,
         webhook_id.as_str(),
         delivery_id.as_str(),
         state.lease_ms,
     )
-    .await?;
-    let Some(claimed) = claimed else {
-        let current = queue::store::get(&state.pool, webhook_id.as_str(), delivery_id.as_str())
-            .await?
-            .ok_or(ApiError::NotFound("delivery"))?;
-        if current.status == "failed" {
+    .await?
+    {
+        HandRetry::Claimed(claimed) => claimed,
+        HandRetry::NotFound => return Err(ApiError::NotFound("delivery")),
+        HandRetry::NotFailed(status) => {
+            return Err(ApiError::Conflict(format!(
+                "only a failed delivery can be retried by hand; this one is {status}"
+            )))
+        }
+        HandRetry::Inactive => {
             return Err(ApiError::Conflict(
                 "the webhook is inactive; reactivate it (PATCH {\"active\": true}) before retrying"
                     .into(),
-            ));
+            ))
         }
-        return Err(ApiError::Conflict(format!(
-            "only a failed delivery can be retried by hand; this one is {}",
-            current.status
-        )));
+        HandRetry::EventExpired => {
+            return Err(ApiError::Conflict(
+                "the delivery's event is past WEBHOOK_RETENTION_DAYS and was dropped; there is nothing to send"
+                    .into(),
+            ))
+        }
+        HandRetry::Changed => {
+            return Err(ApiError::Conflict(
+                "the delivery changed while it was being retried; read it and try again".into(),
+            ))
+        }
     };
     state
         .deliverer

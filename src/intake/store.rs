@@ -1,6 +1,6 @@
 //! The publisher's SQL: many events written and fanned out in one statement
 //! with `webhook_publish`'s rules (types checked by the caller against the
-//! catalogue, `ON CONFLICT (event_id) DO NOTHING`).
+//! catalogue, a stored `event_id` skipped).
 use chrono::{DateTime, Utc};
 use sqlx::PgConnection;
 
@@ -41,8 +41,12 @@ pub async fn publish(
                   FROM unnest($1::text[], $2::text[], $3::text[], $4::timestamptz[])
                        WITH ORDINALITY AS e(t, i, d, o, n)) e,
                  fits f
+            -- event_id is unique per week partition (migration 18): one
+            -- stored in an earlier week is skipped here, one stored
+            -- concurrently by the week's unique index
+            WHERE NOT EXISTS (SELECT 1 FROM webhook_events x WHERE x.event_id = e.i)
             ORDER BY n
-            ON CONFLICT (event_id) DO NOTHING
+            ON CONFLICT DO NOTHING
             RETURNING *
         ), stored AS (
             -- Only rows stored before this statement: what `ins` writes is

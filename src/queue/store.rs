@@ -98,16 +98,32 @@ async fn lock_endpoint(conn: &mut sqlx::PgConnection, webhook_id: &str) -> sqlx:
     Ok(())
 }
 
-/// Claims one `failed` delivery of an active webhook for a manual retry.
-/// `None` when it is not failed, its webhook is inactive, or it does not exist.
-/// The webhook is woken for the lease's end, so the delivery is not stranded
-/// if this attempt is never recorded.
+/// What a hand retry found.
+#[derive(Debug)]
+pub enum HandRetry {
+    Claimed(Claimed),
+    NotFound,
+    /// Only a failed delivery can be retried by hand; this is its status.
+    NotFailed(String),
+    /// An inactive webhook's delivery would only fail again.
+    Inactive,
+    /// Its event's week was dropped by retention: there is no body to send.
+    EventExpired,
+    /// It changed between the claim and the look that followed.
+    Changed,
+}
+
+/// Claims one `failed` delivery of an active webhook whose event is still
+/// stored, for a manual retry. The webhook is woken for the lease's end, so
+/// the delivery is not stranded if this attempt is never recorded. Reading
+/// the event holds off retention's drop of its week (`webhook_events_drop`)
+/// until this commits, and the drop then sees the delivery in the queue.
 pub async fn claim_failed(
     pool: &PgPool,
     webhook_id: &str,
     delivery_id: &str,
     lease_ms: i64,
-) -> sqlx::Result<Option<Claimed>> {
+) -> sqlx::Result<HandRetry> {
     let mut tx = pool.begin().await?;
     lock_endpoint(&mut tx, webhook_id).await?;
     let claimed = sqlx::query_as!(
@@ -120,6 +136,7 @@ pub async fn claim_failed(
             lease_token      = gen_random_uuid()
         FROM webhooks w
         WHERE d.id = $2 AND d.webhook_id = $1 AND d.status = 'failed' AND w.id = d.webhook_id AND w.active
+          AND (d.body IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_events e WHERE e.id = d.event_seq))
         RETURNING d.id, d.lease_token AS "lease_token!", d.attempts - d.attempts_before AS "attempts!",
                   d.webhook_id, w.url, w.secret, w.headers,
                   CASE WHEN w.previous_secret_expires_at > now() THEN w.previous_secret END AS previous_secret,
@@ -131,6 +148,28 @@ pub async fn claim_failed(
     )
     .fetch_optional(&mut *tx)
     .await?;
+    let Some(claimed) = claimed else {
+        let found = sqlx::query!(
+            r#"
+            SELECT d.status, w.active,
+                   d.body IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_events e WHERE e.id = d.event_seq)
+                       AS "has_body!"
+            FROM webhook_deliveries d JOIN webhooks w ON w.id = d.webhook_id
+            WHERE d.id = $2 AND d.webhook_id = $1
+            "#,
+            webhook_id,
+            delivery_id,
+        )
+        .fetch_optional(&mut *tx)
+        .await?;
+        return Ok(match found {
+            None => HandRetry::NotFound,
+            Some(d) if d.status != "failed" => HandRetry::NotFailed(d.status),
+            Some(d) if !d.active => HandRetry::Inactive,
+            Some(d) if !d.has_body => HandRetry::EventExpired,
+            Some(_) => HandRetry::Changed,
+        });
+    };
     sqlx::query!(
         r#"
         UPDATE webhook_endpoint_state
@@ -143,7 +182,7 @@ pub async fn claim_failed(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    Ok(claimed)
+    Ok(HandRetry::Claimed(claimed))
 }
 
 /// Records many attempts in one statement: each row's new state and its
@@ -353,6 +392,8 @@ pub async fn requeue_failed(
             SELECT x.id FROM webhook_deliveries x
             WHERE x.webhook_id = $1 AND x.status = 'failed'
               AND x.created_at >= $2 AND x.created_at < $3
+              -- one whose event's week retention dropped has nothing to send
+              AND (x.body IS NOT NULL OR EXISTS (SELECT 1 FROM webhook_events e WHERE e.id = x.event_seq))
             LIMIT $4
             FOR UPDATE SKIP LOCKED
         )

@@ -6,6 +6,7 @@ use serde_json::{Value, json};
 use sqlx::PgPool;
 
 use smartdrop_webhooks::db::MIGRATOR;
+use smartdrop_webhooks::storage::{self, Dropped};
 
 use crate::helpers::{Receiver, Reply, TestApp, count, metric};
 
@@ -410,5 +411,161 @@ async fn fresh_deliveries_leave_the_fan_out_leased_except_where_the_claim_decide
     receiver
         .assert_stays_at(20, Duration::from_millis(300))
         .await;
+    app.stop().await;
+}
+
+/// The state of the week partition the events of this test are in.
+async fn retention_of(pool: &PgPool, week: &str) -> Option<Dropped> {
+    let listed = storage::expired(pool, 30).await.unwrap();
+    if !listed.iter().any(|p| p == week) {
+        return None;
+    }
+    Some(storage::drop_partition(pool, week, 30).await.unwrap())
+}
+
+/// Events are dropped a week at a time, and only a week nothing needs any
+/// more: not while the ids are still handed out in it, not while an event in
+/// it waits for its fan-out, not while a delivery in the queue needs its
+/// body. After the drop the history is still listed; a hand retry of a
+/// delivery whose event is gone answers 409 and recover leaves it alone;
+/// publishing goes on in the next week.
+#[sqlx::test]
+async fn retention_drops_a_week_of_events_only_when_nothing_needs_it(pool: PgPool) {
+    let receiver = Receiver::start().await;
+    receiver.always(Reply::status(200));
+    let app = TestApp::spawn(pool.clone()).await;
+    let hook = app.create_webhook(&receiver.url, &["pool.created"]).await;
+    let hook_id = hook["id"].as_str().unwrap().to_owned();
+    for id in ["e_done", "e_failed", "e_aside"] {
+        app.publish_sql("pool.created", json!({}), Some(id)).await;
+    }
+    receiver.wait_for(3, Duration::from_secs(10)).await;
+    app.wait_deliveries(&hook_id, Duration::from_secs(10), |l| {
+        l.len() == 3 && l.iter().all(|d| d["status"] == "success")
+    })
+    .await;
+    let week: String = sqlx::query_scalar(
+        "SELECT tableoid::regclass::text FROM webhook_events WHERE event_id = 'e_done'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // The week's state, made as the service would leave it: one delivery a
+    // dead letter, one event set aside before its fan-out, one delivery
+    // waiting a day for its retry.
+    sqlx::raw_sql(
+        "UPDATE webhook_deliveries SET status = 'failed' WHERE event_id = 'e_failed';
+         UPDATE webhook_events SET dispatched_at = NULL, set_aside_at = now(), fan_out_failures = 3
+         WHERE event_id = 'e_aside';
+         INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, event_seq, next_retry_at)
+         SELECT d.webhook_id, d.event_id, d.event_type, d.event_seq, now() + interval '1 day'
+         FROM webhook_deliveries d WHERE d.event_id = 'e_done';",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let failed_id: String = sqlx::query_scalar(
+        "SELECT id FROM webhook_deliveries WHERE event_id = 'e_failed' AND status = 'failed'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+
+    // Accepted 40 days ago, but the ids are still handed out in this week:
+    // not listed.
+    sqlx::query("UPDATE webhook_events SET created_at = created_at - interval '40 days'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retention_of(&pool, &week).await, None);
+    // A week on (the ids moved to the next week's partition, which exists):
+    // listed, but kept while something needs it.
+    sqlx::query("SELECT setval('webhook_events_id_seq', webhook_events_week_base((now() AT TIME ZONE 'UTC')::date + 7), false)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let Some(Dropped::Kept(why)) = retention_of(&pool, &week).await else {
+        panic!("the week with a set-aside event was not kept");
+    };
+    assert_eq!(why, "1 events wait for their fan-out or are set aside");
+    // The set-aside event retried by hand goes out; then the delivery that
+    // waits for its retry still holds the week.
+    let retried: i64 = sqlx::query_scalar("SELECT webhook_retry_fan_out('e_aside')")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(retried, 1);
+    receiver.wait_for(4, Duration::from_secs(10)).await;
+    let Some(Dropped::Kept(why)) = retention_of(&pool, &week).await else {
+        panic!("the week a queued delivery needs was not kept");
+    };
+    assert_eq!(why, "1 deliveries in the queue need their events");
+    // Due now, it is sent with its event's body; then the week goes, whole.
+    sqlx::query("UPDATE webhook_deliveries SET next_retry_at = now() WHERE status = 'pending'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE webhook_endpoint_state SET ready_at = now()")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("SELECT pg_notify('webhook_deliveries', '')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let got = receiver.wait_for(5, Duration::from_secs(15)).await;
+    assert!(received_body(&got[4]).contains("e_done"));
+    app.wait_deliveries(&hook_id, Duration::from_secs(10), |l| {
+        l.len() == 5 && l.iter().all(|d| d["status"] != "pending")
+    })
+    .await;
+    let bounds = smartdrop_webhooks::db::Bounds::new(
+        Duration::from_secs(5),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    storage::maintain(&pool, 30, &bounds).await;
+    let gone: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NULL")
+        .bind(&week)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(gone, "{week} was not dropped");
+    assert_eq!(count(&pool, "SELECT count(*) FROM webhook_events").await, 0);
+
+    // The history stays listed; its bodies are gone.
+    assert_eq!(app.deliveries(&hook_id).await.len(), 5);
+    let retry = app
+        .post_empty(&format!(
+            "/api/v1/webhooks/{hook_id}/deliveries/{failed_id}/retry"
+        ))
+        .await;
+    assert_eq!(retry.status(), 409);
+    let error: Value = retry.json().await.unwrap();
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("past WEBHOOK_RETENTION_DAYS"),
+        "{error}"
+    );
+    let recovered: Value = app
+        .post(
+            &format!("/api/v1/webhooks/{hook_id}/recover"),
+            json!({"since": "2020-01-01T00:00:00Z"}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(recovered["requeued"], 0);
+    receiver
+        .assert_stays_at(5, Duration::from_millis(300))
+        .await;
+
+    // Publishing goes on, in the next week's partition.
+    app.publish_sql("pool.created", json!({}), Some("e_after"))
+        .await;
+    let got = receiver.wait_for(6, Duration::from_secs(10)).await;
+    assert!(received_body(&got[5]).contains("e_after"));
     app.stop().await;
 }
