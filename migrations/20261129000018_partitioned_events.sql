@@ -104,7 +104,10 @@ CREATE TRIGGER webhook_events_notify
     EXECUTE FUNCTION webhook_notify('webhook_events');
 
 -- The week partitions from the week of `from_day` through the week of
--- `to_day` that do not exist yet, named webhook_events_<Monday as YYYYMMDD>;
+-- `to_day` that do not exist yet, named webhook_events_<Monday as YYYYMMDD>
+-- (the service creates each week when it starts, not ahead: a week analyzed
+-- while empty makes Postgres plan its event_id lookups as scans, and a
+-- connection that plans one early in the week keeps the plan);
 -- created empty and attached (no lock that blocks readers or writers). Then,
 -- if the current week's partition existed before this call (so it is
 -- committed and every session can route to it), the sequence is moved up to
@@ -192,8 +195,13 @@ BEGIN
             RETURN 'gone';
         END IF;
         EXECUTE format('SELECT min(id), max(id) FROM %I', partition_name) INTO lo, hi;
-        EXECUTE format('SELECT count(*) || '' events wait for their fan-out or are set aside'' FROM %I
-                        WHERE dispatched_at IS NULL HAVING count(*) > 0', partition_name) INTO why;
+        -- (in the two shapes the partial indexes have: a plain `dispatched_at
+        -- IS NULL` matches neither and reads the whole week)
+        EXECUTE format('SELECT count(*) || '' events wait for their fan-out or are set aside''
+                        FROM (SELECT 1 FROM %1$I WHERE dispatched_at IS NULL AND set_aside_at IS NULL
+                              UNION ALL
+                              SELECT 1 FROM %1$I WHERE dispatched_at IS NULL AND set_aside_at IS NOT NULL) u
+                        HAVING count(*) > 0', partition_name) INTO why;
         IF why IS NULL THEN
             SELECT count(*) || ' deliveries in the queue need their events' INTO why
             FROM webhook_deliveries_queue q WHERE q.event_seq BETWEEN lo AND hi HAVING count(*) > 0;
@@ -206,8 +214,8 @@ BEGIN
     RETURN 'dropped';
 END $$;
 
--- This week and the next; the sequence moves to this week's range.
-SELECT webhook_events_prepare((now() AT TIME ZONE 'UTC')::date, (now() AT TIME ZONE 'UTC')::date + 7);
+-- This week; the sequence moves to its range.
+SELECT webhook_events_prepare((now() AT TIME ZONE 'UTC')::date, (now() AT TIME ZONE 'UTC')::date);
 SELECT setval('webhook_events_id_seq', webhook_events_week_base((now() AT TIME ZONE 'UTC')::date), false);
 
 -- A stored event_id is skipped. `ON CONFLICT` now names no key: there is no

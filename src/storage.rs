@@ -17,17 +17,17 @@ use crate::db;
 pub const AHEAD_DAYS: i32 = 7;
 const EVERY: Duration = Duration::from_secs(3600);
 
-/// Creates the day and week partitions from today (UTC) through
-/// `ahead_days` from now that do not exist yet, and moves the event ids into
-/// this week's range if its partition was there before; returns how many
-/// partitions it created.
+/// Creates the day partitions from today (UTC) through `ahead_days` from now
+/// and this week's event partition, those that do not exist yet, and moves
+/// the event ids into this week's range if its partition was there before;
+/// returns how many partitions it created.
 pub async fn prepare<'e>(db: impl sqlx::PgExecutor<'e>, ahead_days: i32) -> sqlx::Result<i32> {
     let created = sqlx::query_scalar!(
         r#"
         SELECT webhook_history_prepare((now() AT TIME ZONE 'UTC')::date,
                                        (now() AT TIME ZONE 'UTC')::date + $1::int4)
                + webhook_events_prepare((now() AT TIME ZONE 'UTC')::date,
-                                        (now() AT TIME ZONE 'UTC')::date + $1::int4) AS "created!"
+                                        (now() AT TIME ZONE 'UTC')::date) AS "created!"
         "#,
         ahead_days,
     )

@@ -478,8 +478,12 @@ async fn retention_drops_a_week_of_events_only_when_nothing_needs_it(pool: PgPoo
         .await
         .unwrap();
     assert_eq!(retention_of(&pool, &week).await, None);
-    // A week on (the ids moved to the next week's partition, which exists):
-    // listed, but kept while something needs it.
+    // A week on (the next week's partition made, the ids moved there, as
+    // the hourly round does): listed, but kept while something needs it.
+    sqlx::query("SELECT webhook_events_prepare((now() AT TIME ZONE 'UTC')::date + 7, (now() AT TIME ZONE 'UTC')::date + 7)")
+        .execute(&pool)
+        .await
+        .unwrap();
     sqlx::query("SELECT setval('webhook_events_id_seq', webhook_events_week_base((now() AT TIME ZONE 'UTC')::date + 7), false)")
         .execute(&pool)
         .await
@@ -496,6 +500,11 @@ async fn retention_drops_a_week_of_events_only_when_nothing_needs_it(pool: PgPoo
         .unwrap();
     assert_eq!(retried, 1);
     receiver.wait_for(4, Duration::from_secs(10)).await;
+    // (its result recorded: only the one waiting for its retry is queued)
+    app.wait_deliveries(&hook_id, Duration::from_secs(10), |l| {
+        l.len() == 5 && l.iter().filter(|d| d["status"] == "pending").count() == 1
+    })
+    .await;
     let Some(Dropped::Kept(why)) = retention_of(&pool, &week).await else {
         panic!("the week a queued delivery needs was not kept");
     };
