@@ -110,10 +110,12 @@ BEGIN
            (SELECT t.webhook_id FROM targets t WHERE t.n = budget)
     INTO written, leased_ids, leased_tokens, leased_hooks, leased_events, leased_types,
          cut_event, last_event, last_webhook
-    -- the leased ones, column by column in one order
-    FROM (SELECT array_agg(f.id ORDER BY f.id) AS ids, array_agg(f.lease_token ORDER BY f.id) AS tokens,
-                 array_agg(f.webhook_id ORDER BY f.id) AS hooks, array_agg(f.event_seq ORDER BY f.id) AS events,
-                 array_agg(f.event_type ORDER BY f.id) AS types
+    -- the leased ones, column by column in one order: the fan-out's
+    FROM (SELECT array_agg(f.id ORDER BY f.event_seq, f.webhook_id) AS ids,
+                 array_agg(f.lease_token ORDER BY f.event_seq, f.webhook_id) AS tokens,
+                 array_agg(f.webhook_id ORDER BY f.event_seq, f.webhook_id) AS hooks,
+                 array_agg(f.event_seq ORDER BY f.event_seq, f.webhook_id) AS events,
+                 array_agg(f.event_type ORDER BY f.event_seq, f.webhook_id) AS types
           FROM fanned f WHERE f.lease_token IS NOT NULL) l;
 
     -- Finished: every event before the cut (all of them when the budget held).

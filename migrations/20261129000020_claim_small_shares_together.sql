@@ -7,7 +7,9 @@
 -- scenario. Shares under 10 of plain webhooks (closed circuit, no rate
 -- limit, not FIFO) are now collected during the walk and taken together at
 -- the end of each pass, one LATERAL lookup per webhook in one statement;
--- what a webhook did not fill stays for the second pass, as before. Larger
+-- what a webhook did not fill, and the webhooks the walk had not reached
+-- when the collected shares added up to the batch, go to the next pass (three
+-- passes now, where there were two). Larger
 -- shares (a backlog drained in bulk, which also raise the floor) and webhooks
 -- with a circuit, a throttle or FIFO keep their own statement. Otherwise
 -- unchanged from migration 17.
@@ -73,7 +75,7 @@ BEGIN
 
     -- Two passes: the first gives each webhook an even share of the batch; the
     -- second lets those that had more due take what the others left.
-    FOR pass IN 1..2 LOOP
+    FOR pass IN 1..3 LOOP
     EXIT WHEN remaining <= 0 OR coalesce(cardinality(candidates), 0) = 0;
     left_to_see := cardinality(candidates);
     again := '{}';
@@ -271,6 +273,12 @@ BEGIN
             WHERE s.webhook_id = wid;
         END IF;
     END LOOP;
+
+    -- Shares are counted as taken while collected, so the walk may have
+    -- stopped before the end: those not reached go first in the next pass,
+    -- with whatever the collected shares did not fill (a third pass for
+    -- what the second leaves).
+    again := candidates[cardinality(candidates) - left_to_see + 1 : cardinality(candidates)] || again;
 
     IF cardinality(s_ids) > 0 THEN
         -- The small shares: each webhook's due rows as its own statement

@@ -209,7 +209,11 @@ pub async fn set_ordering(
     sqlx::query!(
         r#"
         UPDATE webhook_deliveries d
-        SET fifo_seq = CASE WHEN $2 THEN (SELECT e.id FROM webhook_events e WHERE e.event_id = d.event_id) END
+        -- (its event's row; by event_id only for a delivery from before
+        -- migration 14, which has none: min() since an event_id is unique
+        -- per week partition only, migration 18)
+        SET fifo_seq = CASE WHEN $2 THEN coalesce(d.event_seq, (SELECT min(e.id) FROM webhook_events e
+                                                                 WHERE e.event_id = d.event_id)) END
         WHERE d.webhook_id = $1 AND d.status = 'pending'
         "#,
         webhook_id,

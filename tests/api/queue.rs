@@ -316,3 +316,49 @@ fn debug_output_never_contains_a_secret() {
     let config = crate::helpers::test_config_without_pool();
     assert!(!format!("{config:?}").contains(crate::helpers::KEY));
 }
+
+/// A claim split among many webhooks still fills up when the ones it visits
+/// first turn out to have nothing due (a wake-up at the end of a lease or a
+/// floor): the small shares it collects for them come back empty, and the
+/// webhooks it had not reached yet get their turn in the same claim.
+#[sqlx::test]
+async fn a_claim_reaches_past_webhooks_that_woke_with_nothing_due(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO webhooks (url, events, secret)
+         SELECT 'http://127.0.0.1:9/x' || g, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
+         FROM generate_series(1, 35) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    // 10 webhooks with one due row each (already sending elsewhere: busy,
+    // with room), woken after the 25 others, which have nothing due.
+    let with_work: Vec<String> = sqlx::query_scalar("SELECT id FROM webhooks ORDER BY id LIMIT 10")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body)
+         SELECT w, 'e-' || w, 'pool.created', '{}' FROM unnest($1::text[]) w",
+    )
+    .bind(&with_work)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE webhook_endpoint_state
+         SET ready_at = CASE WHEN webhook_id = ANY($1) THEN now() - interval '1 minute'
+                             ELSE now() - interval '1 hour' END",
+    )
+    .bind(&with_work)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let rooms = Rooms {
+        busy: with_work.iter().map(|w| (w.clone(), 5)).collect(),
+        newcomer: 5,
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let claimed = store::claim(&mut conn, 25, 60_000, &rooms).await.unwrap();
+    assert_eq!(claimed.len(), 10);
+}
