@@ -362,3 +362,111 @@ async fn a_claim_reaches_past_webhooks_that_woke_with_nothing_due(pool: PgPool) 
     let claimed = store::claim(&mut conn, 25, 60_000, &rooms).await.unwrap();
     assert_eq!(claimed.len(), 10);
 }
+
+/// Webhooks that fill their share of a claim and have more due take turns
+/// (each goes to the back of the line, awake), and one whose share took its
+/// last due row goes to sleep until that row's lease ends.
+#[sqlx::test]
+async fn webhooks_with_more_due_take_turns_and_one_emptied_goes_to_sleep(pool: PgPool) {
+    sqlx::query(
+        "INSERT INTO webhooks (url, events, secret)
+         SELECT 'http://127.0.0.1:9/x' || g, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
+         FROM generate_series(1, 5) g",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let hooks: Vec<String> = sqlx::query_scalar("SELECT id FROM webhooks ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    // Four webhooks with three due rows each, the fifth with one; woken in
+    // id order.
+    sqlx::query(
+        "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body, next_retry_at)
+         SELECT w, 'e-' || w || '-' || n, 'pool.created', '{}', now() - interval '1 minute'
+         FROM unnest($1::text[]) WITH ORDINALITY AS h(w, k), generate_series(1, 3) n
+         WHERE k <= 4 OR n = 1",
+    )
+    .bind(&hooks)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "UPDATE webhook_endpoint_state s SET ready_at = now() - interval '1 hour' + h.k * interval '1 second'
+         FROM unnest($1::text[]) WITH ORDINALITY AS h(w, k) WHERE s.webhook_id = h.w",
+    )
+    .bind(&hooks)
+    .execute(&pool)
+    .await
+    .unwrap();
+    // A share of one each (nothing in flight, a newcomer's room of one), two
+    // per claim: 13 rows in 7 claims, then nothing.
+    let rooms = Rooms {
+        busy: vec![],
+        newcomer: 1,
+    };
+    let mut conn = pool.acquire().await.unwrap();
+    let mut served: std::collections::HashMap<String, usize> = Default::default();
+    for round in 0..6 {
+        let claimed = store::claim(&mut conn, 2, 60_000, &rooms).await.unwrap();
+        let mut ids: Vec<String> = claimed.into_iter().map(|c| c.webhook_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 2, "claim {round}: two webhooks, one row each");
+        for id in ids {
+            *served.entry(id).or_default() += 1;
+        }
+        if round == 1 {
+            // The first four were served once each: the two that went first
+            // were at the back of the line, not taken again.
+            assert_eq!(served.len(), 4, "{served:?}");
+        }
+    }
+    // Round robin: the four with three rows served two or three times each
+    // (12 rows over 6 claims less the fifth's one), the fifth once.
+    assert_eq!(served[&hooks[4]], 1, "{served:?}");
+    let four: Vec<usize> = hooks[..4].iter().map(|h| served[h]).collect();
+    assert_eq!(four.iter().sum::<usize>(), 11, "{served:?}");
+    assert!(four.iter().all(|&n| n == 2 || n == 3), "{served:?}");
+    // The webhook with a row left is awake; the others took their last due
+    // row and sleep: the fifth until that row's lease ends, those whose floor
+    // their turns raised until the floor lapses (10 s), to look below it.
+    let left: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT webhook_id FROM webhook_deliveries WHERE status = 'pending' AND lease_token IS NULL",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(left.len(), 1);
+    let awake: Vec<String> = sqlx::query_scalar(
+        "SELECT webhook_id FROM webhook_endpoint_state WHERE ready_at <= now() ORDER BY webhook_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(awake, left);
+    let asleep: Vec<String> = sqlx::query_scalar(
+        "SELECT webhook_id FROM webhook_endpoint_state
+         WHERE ready_at > now() + interval '50 seconds'
+            OR ready_at BETWEEN now() AND due_floor_from + interval '10 seconds'
+         ORDER BY webhook_id",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(asleep.len(), 4, "{asleep:?}");
+    assert!(!asleep.contains(&left[0]));
+    let fifth: bool = sqlx::query_scalar(
+        "SELECT ready_at > now() + interval '50 seconds' FROM webhook_endpoint_state
+         WHERE webhook_id = $1",
+    )
+    .bind(&hooks[4])
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(fifth, "the fifth sleeps until its row's lease ends");
+    let last = store::claim(&mut conn, 2, 60_000, &rooms).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].webhook_id, left[0]);
+}
