@@ -221,51 +221,10 @@ pub(super) async fn finish_many(
     }
     let done = sqlx::query!(
         r#"
-        WITH input AS (
-            SELECT * FROM unnest($1::text[], $2::uuid[], $3::text[], $4::int8[], $5::int4[],
-                                 $6::text[], $7::timestamptz[], $8::int4[], $9::text[], $10::text[])
-                AS t(id, token, status, retry_in_ms, response_status, error, started_at, duration_ms,
-                     error_kind, excerpt)
-        ), done AS (
-            -- The fence: only the lease holder's write lands.
-            UPDATE webhook_deliveries d
-            SET status = i.status,
-                -- a finished row moves to its day of the history
-                done_at = CASE WHEN i.status <> 'pending' THEN now() END,
-                attempts = d.attempts + 1,
-                -- the database's clock, not this host's
-                next_retry_at = COALESCE(now() + make_interval(secs => i.retry_in_ms / 1000.0),
-                                         d.next_retry_at),
-                lease_expires_at = NULL,
-                lease_token = NULL,
-                response_status = i.response_status,
-                last_error = i.error,
-                last_attempt_at = i.started_at
-            FROM input i
-            -- (status names the queue partition: by id alone, every day is searched)
-            WHERE d.status = 'pending' AND d.id = i.id AND d.lease_token = i.token
-            RETURNING d.id, d.webhook_id, d.attempts, i.started_at, i.duration_ms, i.response_status,
-                      i.error_kind, i.error, i.excerpt
-        ), logged AS (
-            INSERT INTO webhook_delivery_attempts
-                (delivery_id, webhook_id, attempt, started_at, duration_ms, response_status, error_kind, error, response_excerpt)
-            SELECT id, webhook_id, attempts, started_at, duration_ms, response_status, error_kind, error, excerpt
-            FROM done
-            RETURNING delivery_id, webhook_id
-        )
-        -- Whether its endpoint state is at rest (closed, no failures, not
-        -- FIFO), read without a lock: a success there changes nothing. Read
-        -- once per webhook, not once per attempt.
-        , rest AS (
-            SELECT l.webhook_id,
-                   coalesce(s.circuit = 'closed' AND s.consecutive_failures = 0 AND w.ordering <> 'fifo', false)
-                       AS at_rest
-            FROM (SELECT DISTINCT webhook_id FROM logged) l
-            JOIN webhooks w ON w.id = l.webhook_id
-            LEFT JOIN webhook_endpoint_state s ON s.webhook_id = l.webhook_id
-        )
-        SELECT l.delivery_id, l.webhook_id, r.at_rest AS "at_rest!"
-        FROM logged l JOIN rest r ON r.webhook_id = l.webhook_id
+        -- migration 22: the statement, run with sequential scans off
+        SELECT delivery_id AS "delivery_id!", webhook_id AS "webhook_id!", at_rest AS "at_rest!"
+        FROM webhook_record_attempts($1::text[], $2::uuid[], $3::text[], $4::int8[], $5::int4[],
+                                     $6::text[], $7::timestamptz[], $8::int4[], $9::text[], $10::text[])
         "#,
         &ids,
         &tokens,
