@@ -17,6 +17,17 @@ use crate::queue::breaker::BreakerConfig;
 /// Most attempts recorded by one statement.
 const MAX_BATCH: usize = 512;
 
+/// A write costs about the same for one row as for 25 (1.8 ms in the
+/// throughput profile: the moves to the history's day and the attempts'
+/// inserts are set up per statement), and under saturation the completer
+/// wrote batches of 12–25. When at least `LINGER_FROM` attempts arrive at
+/// once (a sign of load), it waits up to `LINGER` for more before writing.
+/// A trickle (one FIFO head at a time, a quiet hour) is written at once.
+/// Only the write waits: a send frees its slot when it ends, not when its
+/// attempt is recorded.
+const LINGER_FROM: usize = 8;
+const LINGER: Duration = Duration::from_millis(2);
+
 pub fn channel() -> (mpsc::Sender<Finished>, mpsc::Receiver<Finished>) {
     mpsc::channel(4 * MAX_BATCH)
 }
@@ -37,6 +48,16 @@ pub async fn run(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while finished.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if batch.len() >= LINGER_FROM && !shutdown.is_cancelled() {
+            let until = tokio::time::Instant::now() + LINGER;
+            while batch.len() < MAX_BATCH {
+                let room = MAX_BATCH - batch.len();
+                match tokio::time::timeout_at(until, finished.recv_many(&mut batch, room)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        }
         let patience = if shutdown.is_cancelled() {
             SHUTDOWN_PATIENCE
         } else {
