@@ -367,13 +367,8 @@ BEGIN
     candidates := again;
     END LOOP;
 
-    -- The webhooks done with for now go to the back of the line if they have
-    -- more due (round robin), else to sleep until their earliest pending row
-    -- (a retry, or a lease that may expire). Only under FOR UPDATE, which a
-    -- publisher's KEY SHARE lock refuses, and in the next statement's fresh
-    -- snapshot: rows being inserted that we cannot see yet keep a webhook
-    -- awake. One statement each for all of them.
-    -- The back of the line, and for small shares the floor raised to what
+    -- The webhooks done with for now that have more due go to the back of
+    -- the line (round robin), small shares with their floor raised to what
     -- they took (big shares raised theirs in their own statement).
     IF cardinality(to_rotate) > 0 THEN
         UPDATE webhook_endpoint_state s
@@ -399,6 +394,12 @@ BEGIN
                                FOR NO KEY UPDATE SKIP LOCKED);
     END IF;
 
+    -- The others done with for now go to sleep until their earliest pending
+    -- row (a retry, or a lease that may expire), or to the back of the line
+    -- if that row is due. Only under FOR UPDATE, which a publisher's KEY SHARE
+    -- lock refuses, and in the next statement's fresh snapshot: rows being
+    -- inserted that we cannot see yet keep a webhook awake. One statement
+    -- each for all of them.
     IF cardinality(to_sleep) > 0 THEN
         SELECT array_agg(l.webhook_id) INTO sleepers
         FROM (SELECT s.webhook_id FROM webhook_endpoint_state s

@@ -32,6 +32,23 @@ async fn seed(pool: &PgPool, n: usize) {
     .unwrap();
 }
 
+/// Registers `n` webhooks on everything; their ids in order.
+async fn webhooks(pool: &PgPool, n: i32) -> Vec<String> {
+    sqlx::query(
+        "INSERT INTO webhooks (url, events, secret)
+         SELECT 'http://127.0.0.1:9/x' || g, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
+         FROM generate_series(1, $1) g",
+    )
+    .bind(n)
+    .execute(pool)
+    .await
+    .unwrap();
+    sqlx::query_scalar("SELECT id FROM webhooks ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
 fn attempt() -> AttemptRecord {
     AttemptRecord {
         started_at: chrono::Utc::now(),
@@ -323,20 +340,9 @@ fn debug_output_never_contains_a_secret() {
 /// webhooks it had not reached yet get their turn in the same claim.
 #[sqlx::test]
 async fn a_claim_reaches_past_webhooks_that_woke_with_nothing_due(pool: PgPool) {
-    sqlx::query(
-        "INSERT INTO webhooks (url, events, secret)
-         SELECT 'http://127.0.0.1:9/x' || g, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
-         FROM generate_series(1, 35) g",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
     // 10 webhooks with one due row each (already sending elsewhere: busy,
     // with room), woken after the 25 others, which have nothing due.
-    let with_work: Vec<String> = sqlx::query_scalar("SELECT id FROM webhooks ORDER BY id LIMIT 10")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let with_work: Vec<String> = webhooks(&pool, 35).await[..10].to_vec();
     sqlx::query(
         "INSERT INTO webhook_deliveries (webhook_id, event_id, event_type, body)
          SELECT w, 'e-' || w, 'pool.created', '{}' FROM unnest($1::text[]) w",
@@ -368,18 +374,7 @@ async fn a_claim_reaches_past_webhooks_that_woke_with_nothing_due(pool: PgPool) 
 /// last due row goes to sleep until that row's lease ends.
 #[sqlx::test]
 async fn webhooks_with_more_due_take_turns_and_one_emptied_goes_to_sleep(pool: PgPool) {
-    sqlx::query(
-        "INSERT INTO webhooks (url, events, secret)
-         SELECT 'http://127.0.0.1:9/x' || g, '{*}', 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw'
-         FROM generate_series(1, 5) g",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
-    let hooks: Vec<String> = sqlx::query_scalar("SELECT id FROM webhooks ORDER BY id")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let hooks = webhooks(&pool, 5).await;
     // Four webhooks with three due rows each, the fifth with one; woken in
     // id order.
     sqlx::query(
